@@ -1,0 +1,128 @@
+"""`qsched.json`: the calibrated Q-Sched coefficients of one model, for one step count and several schemes.
+
+One file serves several bit-widths: `schemes` maps a scheme name (`w8a8`, `w4a8`, ...) to its
+coefficients, ramp ends, JAQ before/after, search settings and activation ranges. Calibration
+writes it, export and build read it, and `generate --coeffs` takes it (or a bare
+`{"latent_coeff": [...], "output_coeff": [...]}` file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qsched_export.errors import QSchedError
+from qsched_export.sampler.plan import QSchedCoefficients
+
+FORMAT = "qsched"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SchemeEntry:
+    """Calibration result for one scheme. `activation_ranges` maps a quantized module's name to
+    its calibrated `{"input_amax": float, "output_amax": float}` (keys present as the scheme needs)."""
+
+    coefficients: QSchedCoefficients
+    ramp: dict = field(default_factory=dict)
+    jaq: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+    activation_ranges: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**self.coefficients.to_dict(), "ramp": self.ramp, "jaq": self.jaq, "search": self.search, "activation_ranges": self.activation_ranges}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SchemeEntry":
+        return cls(QSchedCoefficients(tuple(map(float, data["latent_coeff"])), tuple(map(float, data["output_coeff"]))),
+                   data.get("ramp", {}), data.get("jaq", {}), data.get("search", {}), data.get("activation_ranges", {}))
+
+
+@dataclass(frozen=True)
+class QSchedFile:
+    model: str
+    family: str
+    steps: int
+    guidance_scale: float
+    schemes: dict[str, SchemeEntry]
+    extra: dict = field(default_factory=dict)
+
+    def scheme(self, name: str) -> SchemeEntry:
+        if name not in self.schemes:
+            have = ", ".join(sorted(self.schemes)) or "none"
+            raise QSchedError(f"scheme {name} is not calibrated in this qsched.json (it has: {have})", f"run qsched-export calibrate --scheme {name}")
+        return self.schemes[name]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model": self.model, "family": self.family, "steps": self.steps,
+                "guidance_scale": self.guidance_scale, "schemes": {k: v.to_dict() for k, v in self.schemes.items()}, **self.extra}
+
+
+def read_qsched(path: str | Path) -> QSchedFile:
+    data = _read_json(path)
+    if data.get("format") != FORMAT:
+        raise QSchedError(f"{path} is not a qsched.json file", "pass a file written by qsched-export calibrate")
+    if data.get("version") != VERSION:
+        raise QSchedError(f"{path} has qsched.json version {data.get('version')}, this tool reads version {VERSION}", "recalibrate with this version")
+    known = {"format", "version", "model", "family", "steps", "guidance_scale", "schemes"}
+    try:
+        return QSchedFile(data["model"], data["family"], int(data["steps"]), float(data["guidance_scale"]),
+                          {k: SchemeEntry.from_dict(v) for k, v in data["schemes"].items()},
+                          {k: v for k, v in data.items() if k not in known})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QSchedError(f"{path} is malformed ({exc})", "recalibrate to rewrite it") from None
+
+
+def write_qsched(path: str | Path, qfile: QSchedFile) -> None:
+    """Write atomically: a temp file in the same folder, then rename, so an interrupted run
+    leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".qsched-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(qfile.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_coefficients(path: str | Path, steps: int, scheme: str | None = None) -> QSchedCoefficients:
+    """Coefficients from a qsched.json (for `scheme`, or its only scheme) or a bare coefficient file."""
+    data = _read_json(path)
+    if data.get("format") == FORMAT:
+        qfile = read_qsched(path)
+        if scheme is None:
+            if len(qfile.schemes) != 1:
+                raise QSchedError(f"{path} holds schemes {', '.join(sorted(qfile.schemes))}", "pick one with --scheme")
+            scheme = next(iter(qfile.schemes))
+        return qfile.scheme(scheme).coefficients.check_steps(steps)
+    try:
+        coeffs = QSchedCoefficients(tuple(map(float, data["latent_coeff"])), tuple(map(float, data["output_coeff"])))
+    except (KeyError, TypeError, ValueError):
+        raise QSchedError(f"{path} has no latent_coeff/output_coeff lists", "write {\"latent_coeff\": [...], \"output_coeff\": [...]}") from None
+    return coeffs.check_steps(steps)
+
+
+def calibrated_guidance(path: str | Path) -> float | None:
+    """The guidance scale a qsched.json was calibrated with; None for a bare coefficient file."""
+    data = _read_json(path)
+    return float(data["guidance_scale"]) if data.get("format") == FORMAT else None
+
+
+def _read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise QSchedError(f"coefficient file {path} not found", "pass an existing qsched.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise QSchedError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})", "fix or regenerate the file") from None
+    if not isinstance(data, dict):
+        raise QSchedError(f"{path} must hold a JSON object", "write {\"latent_coeff\": [...], \"output_coeff\": [...]}")
+    return data
