@@ -18,6 +18,10 @@ from qsched_export.sampler import FAMILIES, SamplerPlan, family_for_scheduler, m
 
 SAMPLE_MODEL = Path(__file__).resolve().parents[1] / "samples" / "shapes-sd"
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "LatentConsistencyModelPipeline")
+# The embedded sample samples best at guidance 1.5 (benchmarks/results/quality_guidance3.json
+# sweeps 1.5-5); other models get StableDiffusionPipeline.__call__'s default.
+SAMPLE_GUIDANCE = 1.5
+DIFFUSERS_GUIDANCE = 7.5
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -35,6 +39,10 @@ def resolve_model(model: str | None) -> str:
     if not _HUB_ID.match(model):
         raise QSchedError(f"model folder {model} not found", "pass an existing diffusers folder or a hub id such as org/name")
     return model
+
+
+def default_guidance(model: str | None) -> float:
+    return SAMPLE_GUIDANCE if model is None else DIFFUSERS_GUIDANCE
 
 
 def load_pipeline(model: str | None = None, *, scheduler: str | None = None, trust_remote_code: bool = False):

@@ -38,13 +38,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 for _name in COMMAND_MODULES:
-    try:  # TEMPORARY while command modules are being written; made strict before commit
-        _module = importlib.import_module(f"qsched_export.cli.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"qsched_export.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"qsched_export.cli.{_name}").register(app)
 
 
 def main() -> None:

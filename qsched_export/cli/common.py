@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from qsched_export.errors import QSchedError
+from runtimes.errors import UserError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,7 +21,8 @@ _EXTRA_FOR = {"torch": "export", "diffusers": "export", "transformers": "export"
 
 def fail(problem: str, fix: str | None = None) -> typer.Exit:
     """Print one line naming the problem and the fix; return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {problem}" + (f" [dim]({fix})[/]" if fix else ""), highlight=False, soft_wrap=True)
+    # Escape: messages hold literal brackets, e.g. pip install 'qsched-export[export]'.
+    err_console.print(f"[bold red]error:[/] {escape(problem)}" + (f" [dim]({escape(fix)})[/]" if fix else ""), highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
@@ -29,7 +31,7 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can fix into one line and exit code 1, without a traceback."""
     try:
         yield
-    except QSchedError as exc:
+    except UserError as exc:
         raise fail(exc.problem, exc.fix) from None
     except ModuleNotFoundError as exc:
         root = (exc.name or "").split(".")[0]

@@ -8,8 +8,6 @@ import typer
 
 from qsched_export.cli.common import console, note_default_model, user_errors
 
-DIFFUSERS_DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline.__call__'s default
-
 
 def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text prompt."),
@@ -17,7 +15,7 @@ def generate(
     steps: int = typer.Option(4, "--steps", "-n", help="Number of sampler steps."),
     coeffs: Path = typer.Option(None, "--coeffs", help="qsched.json or {latent_coeff, output_coeff} JSON (default: all ones)."),
     scheme: str = typer.Option(None, "--scheme", help="Which scheme's coefficients to take from a qsched.json with several."),
-    guidance: float = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (default: the qsched.json's, else diffusers' 7.5)."),
+    guidance: float = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (default: the qsched.json's, else 1.5 for the embedded sample and diffusers' 7.5 for other models)."),
     seed: int = typer.Option(0, "--seed", help="Seed; noise is drawn as diffusers does with torch.Generator().manual_seed(seed)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Swap the scheduler: lcm, tcd, euler_a, flow_euler or a diffusers class name."),
     gamma: float = typer.Option(None, "--gamma", help="TCD's gamma (eta): 0 is deterministic (default 0.3)."),
@@ -29,7 +27,7 @@ def generate(
     """Generate an image in PyTorch with the Q-Sched sampler (coefficients all 1 = the stock pipeline)."""
     with user_errors():
         from qsched_export.errors import QSchedError
-        from qsched_export.pipeline import generate as run_generate, load_pipeline, to_pil
+        from qsched_export.pipeline import default_guidance, generate as run_generate, load_pipeline, to_pil
         from qsched_export.qsched_file import calibrated_guidance, load_coefficients
 
         if out.suffix.lower() != ".png":
@@ -39,7 +37,7 @@ def generate(
         coefficients = load_coefficients(coeffs, steps, scheme) if coeffs else None
         if guidance is None:
             guidance = calibrated_guidance(coeffs) if coeffs else None
-            guidance = DIFFUSERS_DEFAULT_GUIDANCE if guidance is None else guidance
+            guidance = default_guidance(model) if guidance is None else guidance
         _, images = run_generate(pipe, [prompt], steps=steps, guidance_scale=guidance, seed=seed,
                                  latent_coeff=coefficients.latent_coeff if coefficients else None,
                                  output_coeff=coefficients.output_coeff if coefficients else None,

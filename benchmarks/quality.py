@@ -1,0 +1,205 @@
+"""Quality of the embedded sample under quantization, with and without Q-Sched (issues 7 and 8).
+
+For each step count: FP32, FP32 + Q-Sched, and for each quantized scheme naive and + Q-Sched,
+sampled on held-out prompts with several seeds, scored with the EVALUATION judge (shapes-clip-b,
+never used for calibration): CLIPScore, CLIP-IQA, a Frechet distance on judge-b image features
+against real renders of the same scenes (an FID analogue), and the procedural analyser's
+accuracy. Coefficients are calibrated here with JAQ on judge a (the calibration judge). Also a
+guidance sweep of FP32 and the paper's k ablation (k = 0, 2, 5) for one scheme.
+
+    python benchmarks/quality.py --device cuda --prompts 1024 --seeds 2 --out benchmarks/results/quality.json
+
+Writes JSON (read by benchmarks/report.py) and an image grid; prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from calibration.api import CalibrationConfig, prepare  # noqa: E402
+from calibration.jaq import JAQ  # noqa: E402
+from calibration.judges import load_clip  # noqa: E402
+from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
+from qsched_export.pipeline import UNetDenoiser, decode_latents, denoise_fn, draw_noise, encode_prompts, latent_shape  # noqa: E402
+from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop  # noqa: E402
+from samples.train import scenes  # noqa: E402
+
+EVAL_JUDGE = REPO / "samples" / "judges" / "shapes-clip-b"
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (the FID formula).
+    tr(sqrtm(A B)) is the sum of the square roots of the eigenvalues of A B (real, >= 0 for
+    covariance matrices), which needs no scipy."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    tr_covmean = np.sqrt(np.linalg.eigvals(cov_a @ cov_b).real.clip(min=0)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
+
+
+class Sampler:
+    """Samples the held-out prompts in batches with a given UNet, guidance, coefficients and seed."""
+
+    def __init__(self, pipe, prompts: list[str], device: torch.device, batch: int):
+        self.pipe, self.prompts, self.device, self.batch = pipe, prompts, device, batch
+
+    @torch.no_grad()
+    def images(self, unet, steps: int, guidance: float, coeffs: QSchedCoefficients | None, seed: int) -> torch.Tensor:
+        plan = make_plan(self.pipe.scheduler, steps)
+        latents, noises = draw_noise(plan, latent_shape(self.pipe, len(self.prompts), None, None), torch.Generator().manual_seed(seed))
+        denoiser = UNetDenoiser(unet, guidance)
+        out = []
+        for start in range(0, len(self.prompts), self.batch):
+            sl = slice(start, start + self.batch)
+            cond = encode_prompts(self.pipe, self.prompts[sl], guidance)
+            cond = replace(cond, context=cond.context.to(self.device))
+            x = sample_loop(denoise_fn(denoiser, cond), plan, latents[sl].to(self.device),
+                            [None if n is None else n[sl].to(self.device) for n in noises],
+                            None if coeffs is None else coeffs.latent_coeff, None if coeffs is None else coeffs.output_coeff)
+            out.append(decode_latents(self.pipe, x).float().cpu())
+        return torch.cat(out)
+
+
+class Scorer:
+    def __init__(self, specs, prompts, device):
+        self.specs, self.prompts = specs, prompts
+        self.judge = load_clip(str(EVAL_JUDGE), device=device)
+        real = scenes.render_tensors(scenes.specs_to_tensors(specs))
+        self.real_features = self._features(real)
+        self.text = self._batched(lambda s: self.judge.text_features(prompts[s]), len(prompts))
+        self.iqa_text = self.judge.text_features(["Good photo.", "Bad photo."])
+
+    def _batched(self, fn, n, size=256):
+        with torch.no_grad():
+            return torch.cat([fn(slice(i, i + size)).float().cpu() for i in range(0, n, size)])
+
+    def _features(self, images):
+        return self._batched(lambda s: self.judge.image_features(images[s].to(self.judge.device)), len(images))
+
+    def score(self, images: torch.Tensor) -> dict:
+        feats = self._features(images)
+        cos = (feats * self.text).sum(-1)
+        iqa = (100 * feats @ self.iqa_text.float().cpu().T).softmax(-1)[:, 0]
+        acc = scenes.analyse(images, self.specs)
+        return {"clipscore": float((100 * cos.clamp(min=0)).mean()), "clip_iqa": float(iqa.mean()),
+                "frechet": frechet_distance(feats.numpy().astype(np.float64), self.real_features.numpy().astype(np.float64)),
+                **{f"acc_{k}": v for k, v in acc.items()}}
+
+
+def mean_ci(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    half = 1.96 * arr.std(ddof=1) / math.sqrt(len(arr)) if len(arr) > 1 else float("nan")
+    return {"mean": float(arr.mean()), "ci95": float(half), "runs": [float(v) for v in arr]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--prompts", type=int, default=1024, help="held-out prompts per configuration")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--schemes", nargs="+", default=["w4a8", "w8a8"], help="the first also gets the k ablation")
+    p.add_argument("--grid", type=int, default=20, help="calibration grid per axis")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--guidance-sweep", type=float, nargs="*", default=[1.5, 2.0, 2.5, 3.0, 4.0, 5.0])
+    p.add_argument("--k-ablation", type=float, nargs="*", default=[0.0, 5.0], help="extra k values for the first scheme")
+    p.add_argument("--batch", type=int, default=512, help="images per denoiser call when sampling")
+    p.add_argument("--calib-batch", type=int, default=64, help="images per denoiser call in the calibration search")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--grid-png", type=Path, help="image grid of FP32 / naive / Q-Sched for a few prompts")
+    args = p.parse_args()
+
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    specs = scenes.heldout_specs(args.prompts, seed=7)
+    prompts = [scenes.caption(s) for s in specs]
+    scorer = Scorer(specs, prompts, device)
+    results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "runs": []}
+
+    def record(name: str, steps: int, guidance: float, unet, coeffs, **extra):
+        per_seed = [scorer.score(sampler.images(unet, steps, guidance, coeffs, seed)) for seed in range(args.seeds)]
+        row = {"name": name, "steps": steps, "guidance": guidance, **extra,
+               "coefficients": None if coeffs is None else coeffs.to_dict(),
+               "metrics": {k: mean_ci([m[k] for m in per_seed]) for k in per_seed[0]}}
+        results["runs"].append(row)
+        m = row["metrics"]
+        print(f"{name:28s} steps={steps} g={guidance:<4} FD={m['frechet']['mean']:.4f} CLIP={m['clipscore']['mean']:.2f} "
+              f"IQA={m['clip_iqa']['mean']:.3f} acc={m['acc_all']['mean']:.3f} ({time.perf_counter() - started:.0f}s)", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))  # after every row: a timeout keeps what ran
+
+    space = SearchSpace(grid=args.grid)
+    for steps in args.steps:
+        config = CalibrationConfig(schemes=tuple(args.schemes), steps=steps, guidance=args.guidance, device=args.device, progress=False,
+                                   batch_size=args.calib_batch)
+        session = prepare(config)
+        sampler = Sampler(session.pipe, prompts, device, args.batch)
+        fp32_unet = session.pipe.unet
+        t0 = time.perf_counter()
+        fp32_search = grid_search(session.evaluator(fp32_unet), space, progress=False)
+        fp32_qs = coefficients(fp32_search.best, steps)
+        record("fp32", steps, args.guidance, fp32_unet, None)
+        record("fp32+qsched", steps, args.guidance, fp32_unet, fp32_qs, calibration_seconds=time.perf_counter() - t0)
+        for i, scheme in enumerate(args.schemes):
+            unet, _ = session.simulated_unet(scheme)
+            record(f"{scheme}", steps, args.guidance, unet, None)
+            for k in ([2.0] + (args.k_ablation if i == 0 and steps == args.steps[0] else [])):
+                t0 = time.perf_counter()
+                evaluator = session.evaluator(unet)
+                evaluator.objective = JAQ(session.objective.similarity, session.objective.quality, k)
+                search = grid_search(evaluator, space, progress=False)
+                label = f"{scheme}+qsched" + ("" if k == 2.0 else f" (k={k:g})")
+                record(label, steps, args.guidance, unet, coefficients(search.best, steps), k=k, on_edge=search.on_edge,
+                       calibration_seconds=time.perf_counter() - t0, calibration_evaluations=search.evaluations)
+            if args.grid_png and steps == args.steps[0] and i == len(args.schemes) - 1:
+                save_grid(sampler, fp32_unet, unet, scheme, coefficients(search.best, steps), steps, args.guidance, args.grid_png)
+        if steps == args.steps[0]:
+            for g in args.guidance_sweep:
+                if g != args.guidance:
+                    record("fp32 guidance sweep", steps, g, fp32_unet, None)
+    results["seconds"] = time.perf_counter() - started
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"done in {results['seconds']:.0f}s -> {args.out}")
+
+
+def save_grid(sampler, fp32_unet, quant_unet, scheme, qs, steps, guidance, path: Path, n: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = Sampler(sampler.pipe, sampler.prompts[:n], sampler.device, n)
+    rows = {"FP32": sub.images(fp32_unet, steps, guidance, None, 0), scheme.upper(): sub.images(quant_unet, steps, guidance, None, 0),
+            f"{scheme.upper()} + Q-Sched": sub.images(quant_unet, steps, guidance, qs, 0)}
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 2.2 * len(rows)))
+    for r, (label, imgs) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(imgs[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                words = sub.prompts[c].split()
+                ax.set_title("\n".join(" ".join(words[i:i + 4]) for i in range(0, len(words), 4)), fontsize=6)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle(f"held-out prompts, {steps} steps, guidance {guidance}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

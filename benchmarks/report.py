@@ -1,0 +1,142 @@
+"""Regenerate docs/RESULTS.md (tables) and docs/results_*.png (plots) from benchmarks/results/*.json.
+
+    python benchmarks/report.py
+
+Nothing in the report is typed by hand: every number comes from a JSON file a benchmark wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DOCS = REPO / "docs"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(m: dict, digits: int) -> str:
+    ci = m.get("ci95")
+    return f"{m['mean']:.{digits}f}" + (f" ± {ci:.{digits}f}" if ci == ci and ci is not None else "")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def quality_section(data: dict) -> str:
+    cfg = data["config"]
+    out = [f"## Quality on the embedded sample ({data['device']})",
+           f"`python benchmarks/quality.py --device {cfg['device']} --prompts {cfg['prompts']} --seeds {cfg['seeds']}` — "
+           f"{cfg['prompts']} held-out prompts x {cfg['seeds']} seeds (mean ± 95% CI over seeds). Scored with the evaluation judge "
+           "(shapes-clip-b); coefficients calibrated with JAQ on the calibration judge (shapes-clip-a), "
+           f"grid {cfg['grid']}x{cfg['grid']} + refinement, on samples/prompts/calibration.txt. "
+           "FD = Frechet distance of judge-b image features to real renders of the same scenes (an FID analogue; lower is better); "
+           "acc = the procedural analyser's all-attributes-correct rate.", ""]
+    headers = ["configuration", "steps", "guidance", "FD ↓", "CLIPScore ↑", "CLIP-IQA ↑", "acc ↑", "colour", "count", "c^x ramp", "c^eps ramp"]
+    rows = []
+    for r in data["runs"]:
+        m, c = r["metrics"], r.get("coefficients")
+        ramp = lambda v: f"{v[0]:.3f} → {v[-1]:.3f}" if v else "1"  # noqa: E731
+        rows.append([r["name"], str(r["steps"]), f"{r['guidance']:g}", _fmt(m["frechet"], 4), _fmt(m["clipscore"], 2),
+                     _fmt(m["clip_iqa"], 3), _fmt(m["acc_all"], 3), f"{m['acc_colour']['mean']:.3f}", f"{m['acc_count']['mean']:.3f}",
+                     ramp(c["latent_coeff"]) if c else "1", ramp(c["output_coeff"]) if c else "1"])
+    out.append(_table(headers, rows))
+    out.append("")
+    out += _effects(data["runs"])
+    return "\n".join(out)
+
+
+def _effects(runs: list[dict]) -> list[str]:
+    """The two effects the issue asks to separate: quantization loss recovered and sampler gain."""
+    lines = ["### Two effects, separated (FD, lower is better)", ""]
+    by = {(r["name"], r["steps"], r["guidance"]): r["metrics"]["frechet"]["mean"] for r in runs}
+    for steps in sorted({r["steps"] for r in runs}):
+        g = next(r["guidance"] for r in runs if r["steps"] == steps and r["name"] == "fp32")
+        fp32, fp32_qs = by.get(("fp32", steps, g)), by.get(("fp32+qsched", steps, g))
+        sweep = [v for (n, s, _), v in by.items() if s == steps and n in ("fp32", "fp32 guidance sweep")]
+        best_g = min(sweep) if sweep else None
+        for scheme in sorted({r["name"] for r in runs if r["name"].startswith("w") and "+" not in r["name"]}):
+            naive, qs = by.get((scheme, steps, g)), by.get((f"{scheme}+qsched", steps, g))
+            if None in (naive, qs, fp32, fp32_qs):
+                continue
+            lines.append(f"- {steps} steps, {scheme}: quantization cost (naive − FP32) {naive - fp32:+.4f}; "
+                         f"quantized + Q-Sched vs FP32 {qs - fp32:+.4f} ({100 * (qs - fp32) / fp32:+.1f}%); "
+                         f"quantization loss left after Q-Sched ((quant+QS) − (FP32+QS)) {qs - fp32_qs:+.4f}")
+        if fp32 is not None and fp32_qs is not None and best_g is not None:
+            lines.append(f"- {steps} steps: sampler gain ((FP32+QS) − best-guidance FP32) {fp32_qs - best_g:+.4f}; "
+                         f"Q-Sched on FP32 vs FP32 {fp32_qs - fp32:+.4f}")
+    edges = [f"{r['name']} ({r['steps']} steps): {', '.join(r['on_edge'])}" for r in runs if r.get("on_edge")]
+    lines.append("")
+    lines.append("Coefficients on the edge of the search range: " + ("; ".join(edges) if edges else "none."))
+    return lines
+
+
+def quality_plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in data["runs"] if r["name"] != "fp32 guidance sweep"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, key, label in ((axes[0], "frechet", "Frechet distance (judge b) ↓"), (axes[1], "acc_all", "analyser all-correct ↑")):
+        names = [f"{r['name']}\n{r['steps']} steps" for r in runs]
+        means = [r["metrics"][key]["mean"] for r in runs]
+        errs = [r["metrics"][key]["ci95"] if r["metrics"][key]["ci95"] == r["metrics"][key]["ci95"] else 0 for r in runs]
+        colours = ["#888" if r["name"].startswith("fp32") else ("#2a7" if "qsched" in r["name"] else "#c44") for r in runs]
+        ax.bar(range(len(runs)), means, yerr=errs, color=colours)
+        ax.set_xticks(range(len(runs)), names, rotation=70, fontsize=6)
+        ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def generic_section(title: str, data: dict) -> str:
+    """Benchmarks that print their own rows: a `rows` list of flat dicts becomes a table."""
+    rows = data.get("rows", [])
+    if not rows:
+        return f"## {title}\n\n```json\n{json.dumps(data, indent=1)[:4000]}\n```"
+    headers = list(rows[0])
+    body = [[f"{r.get(h):.4g}" if isinstance(r.get(h), float) else str(r.get(h)) for h in headers] for r in rows]
+    command = data.get("command", "")
+    return "\n".join([f"## {title}", "", f"`{command}` on {data.get('device', 'this machine')}" if command else "", "", _table(headers, body)])
+
+
+SECTIONS = (
+    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet"),
+    ("export_sample.json", "Export size and ONNX Runtime CPU latency: embedded sample"),
+    ("runtime_sample.json", "Runtime latency and parity of built artifacts"),
+    ("calibration_speed_cpu.json", "Calibration speed (CPU)"),
+    ("calibration_speed_gpu.json", "Calibration speed (GPU)"),
+)
+
+
+def main() -> None:
+    parts = ["# Results", "", "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; "
+             "each section names the command that measured it. Do not edit by hand.", ""]
+    quality = _load("quality.json")
+    if quality:
+        parts.append(quality_section(quality))
+        quality_plot(quality, DOCS / "results_quality.png")
+        parts += ["", "![quality](results_quality.png)", ""]
+        if (DOCS / "quality_grid.png").is_file():
+            parts += ["![grid](quality_grid.png)", ""]
+    for name, title in SECTIONS:
+        data = _load(name)
+        if data:
+            parts += [generic_section(title, data), ""]
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "RESULTS.md").write_text("\n".join(parts) + "\n")
+    print(f"wrote {DOCS / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

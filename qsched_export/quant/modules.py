@@ -1,0 +1,297 @@
+"""Fake-quant layers that wrap a model's Linear/Conv2d layers in place, and the verbs around them.
+
+The exporter turns each wrapped layer into ONNX nodes that compute exactly what `forward` does in
+"quant" mode. Its public attributes (all it needs):
+
+- `module`: the original float `nn.Linear` / `nn.Conv2d` (weight, bias, stride, padding ...).
+- `scheme`: the `Scheme` (bits, group size, activation mode, output quantizers).
+- `weight_scale`: float32, `(out,)` per output channel, or `(out, ceil(in / group))` for int4 groups
+  along the input dim of a Linear weight `(out, in)`.
+- `quantized_weight()`: the integer weight, int8 storage (int4 values lie in [-8, 7]; with
+  `scheme.reduce_range`, int8 values lie in [-64, 63]), shaped like
+  `module.weight`; `quantized_weight() * weight_scale` (expanded) is the dequantized weight.
+- `input_scale`: 0-d float32, the static per-tensor int8 scale of the layer input (act_mode "static").
+- `output_scale`: 0-d float32, the int8 scale of the layer's product BEFORE the bias is added
+  (when `scheme.quantize_outputs`): quant mode computes
+  `DQ(Q(DQ(Q(x)) @ W_dq^T, output_scale)) + bias` (for Conv, the bias broadcasts over H, W), so the
+  exporter emits MatMul/Conv without bias -> Q -> DQ -> Add(bias), which ORT fuses to QLinearMatMul /
+  QLinearConv followed by a float Add.
+- `input_amax`, `output_amax`: the calibrated ranges (floats) the scales came from.
+
+With act_mode "dynamic" (w4a8) the input is quantized at run time per row and block of
+`scheme.weight_group_size` values along K (`numerics.dynamic_block_fake_quant`), which is what
+MatMulNBits accuracy_level=4 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qsched_export.errors import QSchedError
+from qsched_export.quant import numerics
+from qsched_export.quant.schemes import Scheme, get_scheme
+
+# Layers kept in float, as NVIDIA's diffusers INT8 recipe (TensorRT demo / ModelOpt `filter_func`)
+# keeps them: timestep and text/pooled embeddings, the first and last conv (image <-> latent
+# features), the residual shortcut convs, positional/context embedders and the output norm.
+# A regex searched in each module's dotted name.
+DEFAULT_SKIP_PATTERNS: tuple[str, ...] = (
+    "time_emb_proj", "time_embedding", "conv_in", "conv_out", "conv_shortcut", "add_embedding",
+    "pos_embed", "time_text_embed", "context_embedder", "x_embedder", "norm_out",
+)
+MODES = ("float", "observe", "quant")
+
+
+class QuantLayer(nn.Module):
+    """Base of `QuantLinear` and `QuantConv2d`. `mode`: "float" (the original layer), "observe"
+    (float, recording input/output amax) or "quant" (fake-quant, the exported numerics)."""
+
+    def __init__(self, module: nn.Linear | nn.Conv2d, scheme: Scheme, name: str):
+        super().__init__()
+        self.module = module
+        self.scheme = scheme
+        self.name = name
+        self.mode = "quant"
+        self.percentile: float | None = None
+        self.input_amax: float | None = None
+        self.output_amax: float | None = None
+        group = scheme.weight_group_size if isinstance(module, nn.Linear) else None
+        self.group_size = group
+        bits = scheme.weight_qbits
+        self.register_buffer("weight_scale", numerics.weight_scale(module.weight, bits, group))
+        self.register_buffer("_weight_dq", numerics.fake_quant_weight(module.weight, self.weight_scale, bits, group), persistent=False)
+        if scheme.static_activations:
+            self.register_buffer("input_scale", torch.tensor(float("nan")))
+        if scheme.quantize_outputs:
+            self.register_buffer("output_scale", torch.tensor(float("nan")))
+
+    # -- what the exporter reads ---------------------------------------------------------------
+    def quantized_weight(self) -> torch.Tensor:
+        return numerics.quantize_weight(self.module.weight, self.weight_scale, self.scheme.weight_qbits, self.group_size)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self._weight_dq
+
+    def needs_ranges(self) -> bool:
+        return self.scheme.static_activations
+
+    # -- ranges --------------------------------------------------------------------------------
+    def reset_observer(self) -> None:
+        self.input_amax = None
+        self.output_amax = None
+
+    def set_ranges(self, input_amax: float | None, output_amax: float | None) -> None:
+        self.input_amax, self.output_amax = input_amax, output_amax
+        if self.scheme.static_activations:
+            self.input_scale.copy_(numerics.scale_from_amax(torch.tensor(self._need(input_amax, "input_amax")), 8))
+        if self.scheme.quantize_outputs:
+            self.output_scale.copy_(numerics.scale_from_amax(torch.tensor(self._need(output_amax, "output_amax")), 8))
+
+    def _need(self, value: float | None, what: str) -> float:
+        if value is None or not math.isfinite(value):
+            raise QSchedError(f"layer {self.name} has no calibrated {what}", "observe ranges on calibration prompts first (calibrate)")
+        return float(value)
+
+    def _observe(self, t: torch.Tensor) -> float:
+        a = t.detach().abs().flatten().to(torch.float32)
+        if self.percentile is None:
+            return float(a.max())
+        # The percentile of this call's |values|; calls combine by max (see observe_ranges).
+        k = max(1, math.ceil(self.percentile / 100 * a.numel()))
+        return float(a.kthvalue(k).values)
+
+    # -- forward -------------------------------------------------------------------------------
+    def _product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "float":
+            return self.module(x)
+        if self.mode == "observe":
+            amax = self._observe(x)
+            self.input_amax = amax if self.input_amax is None else max(self.input_amax, amax)
+            y = self._product(x, self.module.weight)
+            amax = self._observe(y)
+            self.output_amax = amax if self.output_amax is None else max(self.output_amax, amax)
+            return self._add_bias(y)
+        if self.scheme.act_mode == "static":
+            if self.input_amax is None:
+                self._need(None, "input_amax")
+            x = numerics.fake_quant(x, self.input_scale, 8)
+        elif self.scheme.act_mode == "dynamic":
+            x = numerics.dynamic_block_fake_quant(x, self.scheme.weight_group_size)
+        y = self._product(x, self._weight_dq)
+        if self.scheme.quantize_outputs:
+            y = numerics.fake_quant(y, self.output_scale, 8)
+        return self._add_bias(y)
+
+    def extra_repr(self) -> str:
+        return f"scheme={self.scheme.name}, mode={self.mode}"
+
+
+class QuantLinear(QuantLayer):
+    def _product(self, x, weight):
+        return F.linear(x, weight)
+
+    def _add_bias(self, y):
+        return y if self.module.bias is None else y + self.module.bias
+
+
+class QuantConv2d(QuantLayer):
+    def _product(self, x, weight):
+        m = self.module
+        return F.conv2d(x, weight, None, m.stride, m.padding, m.dilation, m.groups)
+
+    def _add_bias(self, y):
+        return y if self.module.bias is None else y + self.module.bias.view(1, -1, 1, 1)
+
+
+@dataclass
+class QuantReport:
+    """Which layers `quantize_model` quantized and skipped (with the reason), and weight bytes."""
+
+    scheme: str
+    quantized: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def to_dict(self) -> dict:
+        return {"scheme": self.scheme, "quantized": list(self.quantized), "skipped": [list(s) for s in self.skipped],
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+
+    def __rich__(self):
+        from rich.table import Table
+
+        table = Table(title=f"{self.scheme}: {len(self.quantized)} layers quantized, {len(self.skipped)} kept in float")
+        table.add_column("layer")
+        table.add_column("status")
+        for name in self.quantized:
+            table.add_row(name, "quantized")
+        for name, reason in self.skipped:
+            table.add_row(name, f"[dim]float: {reason}[/]")
+        ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+        table.caption = f"parameters {self.bytes_before / 1e6:.2f} MB -> {self.bytes_after / 1e6:.2f} MB ({ratio:.2f}x)"
+        return table
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def quantize_model(model: nn.Module, scheme: Scheme | str, *, skip: tuple[str, ...] = DEFAULT_SKIP_PATTERNS,
+                   include_conv: bool | None = None) -> QuantReport:
+    """Replace `model`'s Linear (and, if the scheme includes them, Conv2d) layers in place by
+    fake-quant layers in "quant" mode; returns the report. `include_conv` overrides the scheme."""
+    scheme = get_scheme(scheme)
+    report = QuantReport(scheme.name, bytes_before=_param_bytes(model))
+    report.bytes_after = report.bytes_before
+    if not scheme.quantized:
+        return report
+    conv = scheme.include_conv if include_conv is None else include_conv
+    if conv and scheme.weight_bits != 8:
+        raise QSchedError(f"scheme {scheme.name} cannot quantize Conv layers (int{scheme.weight_bits} weights are Linear-only)", "drop include_conv")
+    skip_re = [(p, re.compile(p)) for p in skip]
+    targets: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLayer):
+            raise QSchedError(f"{name} is already quantized", "quantize a fresh copy of the model")
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        hit = next((p for p, r in skip_re if r.search(name)), None)
+        if hit is not None:
+            report.skipped.append((name, f"skip pattern {hit!r}"))
+        elif isinstance(module, nn.Conv2d) and not conv:
+            report.skipped.append((name, f"scheme {scheme.name} keeps Conv2d in float"))
+        elif isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            report.skipped.append((name, f"padding_mode {module.padding_mode!r} is not exported"))
+        else:
+            targets.append((name, module))
+    for name, module in targets:
+        cls = QuantLinear if isinstance(module, nn.Linear) else QuantConv2d
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, cls(module, scheme, name))
+        w = module.weight
+        packed = w.numel() * scheme.weight_bits // 8
+        report.bytes_after += packed + 4 * _scale_numel(w.shape, scheme, isinstance(module, nn.Linear)) - w.numel() * w.element_size()
+        report.quantized.append(name)
+    return report
+
+
+def _scale_numel(shape: torch.Size, scheme: Scheme, linear: bool) -> int:
+    if linear and scheme.weight_group_size is not None:
+        return shape[0] * math.ceil(shape[1] / scheme.weight_group_size)
+    return shape[0]
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    return {m.name: m for m in model.modules() if isinstance(m, QuantLayer)}
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    for layer in quant_layers(model).values():
+        layer.mode = mode
+
+
+@contextlib.contextmanager
+def observe_ranges(model: nn.Module, percentile: float | None = None) -> Iterator[None]:
+    """Run the float model inside this block to record each quantized layer's input and output
+    amax (max |x| over all calls, or the max over calls of each call's `percentile` of |x|); on
+    exit the ranges become the static scales and the layers switch to "quant" mode."""
+    if percentile is not None and not 0 < percentile <= 100:
+        raise QSchedError(f"percentile must be in (0, 100], got {percentile}", "use e.g. 99.99")
+    layers = quant_layers(model).values()
+    for layer in layers:
+        layer.reset_observer()
+        layer.percentile = percentile
+        layer.mode = "observe"
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.mode = "quant"
+            layer.percentile = None
+    for layer in layers:
+        if layer.needs_ranges():
+            layer.set_ranges(layer.input_amax, layer.output_amax)
+
+
+def activation_ranges(model: nn.Module) -> dict[str, dict[str, float]]:
+    """`{layer name: {"input_amax": .., "output_amax": ..}}` for layers with static activation
+    scales (the keys the scheme needs), as stored in qsched.json."""
+    ranges = {}
+    for name, layer in quant_layers(model).items():
+        if not layer.needs_ranges():
+            continue
+        entry = {"input_amax": layer._need(layer.input_amax, "input_amax")}
+        if layer.scheme.quantize_outputs:
+            entry["output_amax"] = layer._need(layer.output_amax, "output_amax")
+        ranges[name] = entry
+    return ranges
+
+
+def set_activation_ranges(model: nn.Module, ranges: dict[str, dict[str, float]]) -> None:
+    """Load ranges from qsched.json into a model quantized with the same scheme and skip list."""
+    layers = {n: l for n, l in quant_layers(model).items() if l.needs_ranges()}
+    missing = sorted(set(layers) - set(ranges))
+    extra = sorted(set(ranges) - set(layers))
+    if missing or extra:
+        detail = (f"no range for {', '.join(missing[:3])}" if missing else "") + ("; " if missing and extra else "") + \
+                 (f"ranges for unknown layers {', '.join(extra[:3])}" if extra else "")
+        raise QSchedError(f"activation ranges do not fit this model ({detail})", "recalibrate this model with the same scheme")
+    for name, layer in layers.items():
+        layer.set_ranges(ranges[name].get("input_amax"), ranges[name].get("output_amax"))

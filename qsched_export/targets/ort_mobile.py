@@ -1,0 +1,71 @@
+"""`ort-mobile` target: ORT format (`.ort`) graphs from ONNX Runtime's own converter, plus the
+`required_operators.config` that a reduced ONNX Runtime build takes
+(`build.sh --minimal_build --include_ops_by_config required_operators.config`), packaged with
+the manifest, tokenizer and golden data. The ONNX Runtime Python package runs `.ort` files
+too, so `check` verifies the packaged graphs on this machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from qsched_export.errors import QSchedError
+from qsched_export.targets.options import BuildOptions
+from qsched_export.targets.output import atomic_dir, copy_runtime_files, finish
+from runtimes.manifest import load_manifest
+
+NAME = "ort-mobile"
+OPS_CONFIG = "required_operators.config"
+
+
+def convert_command(onnx_dir: Path, out_dir: Path, platform: str) -> list[str]:
+    """argv for ORT's converter: fixed optimizations (applied now, for `platform`), no shell."""
+    return [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_dir), "--output_dir", str(out_dir),
+            "--optimization_style", "Fixed", "--target_platform", platform]
+
+
+def _require_loadable(path: Path) -> None:
+    """The converter can write ORT files that ONNX Runtime then refuses (ORT 1.32's ORT format
+    has no INT4 tensor type, for one): load each, so such a package is never shipped."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises untyped errors
+        detail = str(exc).strip().splitlines()[0]
+        raise QSchedError(f"ONNX Runtime cannot load the converted {path.name}: {detail}",
+                          "INT4 tensors (w4a16) do not fit the ORT format: use --bits 4 (w4a8, MatMulNBits) or --bits 8 for ort-mobile") from None
+
+
+def build(artifact_dir: str | Path, options: BuildOptions) -> Path:
+    import onnxruntime as ort
+
+    src = Path(artifact_dir)
+    manifest = load_manifest(src)
+    with atomic_dir(options.out_dir, options.overwrite) as tmp:
+        # The converter takes a folder and converts every .onnx under it: give it only the graphs.
+        staging = tmp / ".onnx"
+        staging.mkdir()
+        for spec in manifest.graphs.values():
+            shutil.copy2(src / spec.file, staging / Path(spec.file).name)
+        result = subprocess.run(convert_command(staging, tmp, options.mobile_platform), capture_output=True, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+            raise QSchedError(f"ONNX Runtime's ORT-format converter failed: {last}", "run it by hand to see the full log: " + " ".join(convert_command(staging, tmp, options.mobile_platform)[1:]))
+        shutil.rmtree(staging)
+        files = {role: Path(spec.file).with_suffix(".ort").name for role, spec in manifest.graphs.items()}
+        missing = [f for f in [*files.values(), OPS_CONFIG] if not (tmp / f).is_file()]
+        if missing:
+            raise QSchedError(f"the ORT-format converter did not write {', '.join(missing)}", "check the onnxruntime installation")
+        for name in files.values():
+            _require_loadable(tmp / name)
+        # The converter names the models by their temp path; the package names them by file.
+        config = tmp / OPS_CONFIG
+        config.write_text("".join(f"# - {Path(line[4:].strip()).name}\n" if line.startswith("# - ") else line
+                                  for line in config.read_text().splitlines(keepends=True)))
+        copy_runtime_files(src, tmp, manifest)
+        finish(tmp, manifest, files, {"onnxruntime": ort.__version__, "ort_mobile_platform": options.mobile_platform})
+    return options.out_dir

@@ -1,0 +1,279 @@
+"""The artifact contract: `manifest.json`, written by the exporter and read by every runtime.
+
+An artifact folder is the only thing that crosses from the workstation to the device. Its
+manifest says what the graphs compute (family, steps, baked timesteps and Q-Sched
+coefficients, scheme), how to feed them (tensor names, static shapes, dtypes, tokenizer ids)
+and what each file must hash to. Readers check `schema_version` and the sha256 of every listed
+file before running anything.
+
+Torch-free on purpose (stdlib only): a Jetson with only onnxruntime or tensorrt reads it.
+"""
+
+from __future__ import annotations
+
+from runtimes.errors import UserError
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TARGET_FORMS = ("fp32", "fp16", "qdq", "matmulnbits")
+# Written next to the graphs after the manifest, so never hashed into it.
+UNHASHED = (MANIFEST_NAME, "parity.json")
+
+
+class ArtifactError(UserError):
+    """An artifact folder that cannot be used as it is (missing, tampered, unknown version)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A static graph input or output: `shape` (all dims fixed) and numpy `dtype` name."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TensorSpec":
+        return cls(tuple(int(d) for d in data["shape"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the artifact: its file (relative to the artifact folder) and I/O by name,
+    in the order the graph declares them."""
+
+    file: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "inputs": {k: v.to_dict() for k, v in self.inputs.items()},
+                "outputs": {k: v.to_dict() for k, v in self.outputs.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GraphSpec":
+        return cls(str(data["file"]), {k: TensorSpec.from_dict(v) for k, v in data["inputs"].items()},
+                   {k: TensorSpec.from_dict(v) for k, v in data["outputs"].items()})
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Where the tokenizer lives (`dir`/`file`, a `tokenizers.Tokenizer.from_file` JSON) and how
+    to pad: every prompt becomes exactly `max_length` ids, `bos_id ... eos_id pad_id...`."""
+
+    dir: str
+    file: str
+    max_length: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TokenizerSpec":
+        return cls(str(data["dir"]), str(data["file"]), int(data["max_length"]), int(data["pad_id"]),
+                   int(data["bos_id"]), int(data["eos_id"]))
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    height: int
+    width: int
+    batch: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ImageSpec":
+        return cls(int(data["height"]), int(data["width"]), int(data["batch"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a runtime needs to know about an exported artifact.
+
+    Args:
+        tools: versions of the tools that wrote it (qsched_export, torch, diffusers, onnx, onnxruntime).
+        model: `{"id", "pipeline_class", "family"}`.
+        sampler: `SamplerPlan.to_dict()`: timesteps, input divisors, noise steps, constants (all baked in).
+        steps, guidance_scale, do_cfg: the sampler settings baked into `denoise.onnx`. With `do_cfg`
+            the text encoder runs on `2B` prompts, negative (`negative_prompt`) first.
+        scheme: the quantization scheme's fields (name, weight/activation bits, group size ...).
+        target_form: how the scheme is written in the graph: `fp32`, `fp16`, `qdq` or `matmulnbits`.
+        coefficients: `{"latent_coeff": [...], "output_coeff": [...]}`, one value per step (baked in).
+        image: output image size and batch; latent_shape: `[B, C, h, w]` of `latents`.
+        opset: the default-domain ONNX opset of every graph.
+        graphs: by role: `text_encoder`, `denoise`, `vae_decoder`, or `pipeline` alone when fused.
+        tokenizer: tokenizer files and ids.
+        quantization: the export's report (layers quantized and skipped, bytes before/after).
+        golden: the golden parity file (inputs and PyTorch outputs), relative to the folder.
+        files: `{relpath: sha256}` of every file in the folder except `UNHASHED`.
+    """
+
+    tools: dict[str, str]
+    model: dict[str, str]
+    sampler: dict
+    steps: int
+    guidance_scale: float
+    do_cfg: bool
+    scheme: dict
+    target_form: str
+    coefficients: dict[str, list[float]]
+    image: ImageSpec
+    latent_shape: tuple[int, ...]
+    opset: int
+    graphs: dict[str, GraphSpec]
+    tokenizer: TokenizerSpec
+    negative_prompt: str = ""
+    quantization: dict = field(default_factory=dict)
+    golden: str = "golden.npz"
+    files: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.target_form not in TARGET_FORMS:
+            raise ArtifactError(f"manifest target_form {self.target_form!r} is unknown", f"use one of {', '.join(TARGET_FORMS)}")
+
+    @property
+    def family(self) -> str:
+        return self.model["family"]
+
+    @property
+    def fused(self) -> bool:
+        return "pipeline" in self.graphs
+
+    def graph(self, role: str) -> GraphSpec:
+        if role not in self.graphs:
+            raise ArtifactError(f"the artifact has no {role} graph (it has: {', '.join(self.graphs)})",
+                                "re-export without --fuse" if self.fused else "re-export the artifact")
+        return self.graphs[role]
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "tools": dict(self.tools),
+            "model": dict(self.model),
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "do_cfg": self.do_cfg,
+            "negative_prompt": self.negative_prompt,
+            "scheme": self.scheme,
+            "target_form": self.target_form,
+            "coefficients": {k: list(v) for k, v in self.coefficients.items()},
+            "image": self.image.to_dict(),
+            "latent_shape": list(self.latent_shape),
+            "opset": self.opset,
+            "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
+            "tokenizer": self.tokenizer.to_dict(),
+            "quantization": self.quantization,
+            "golden": self.golden,
+            "files": dict(sorted(self.files.items())),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Manifest":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(f"manifest schema_version {version!r} is not supported (this reader knows {SCHEMA_VERSION})",
+                                "re-export the artifact with this qsched-export version, or install the version that wrote it")
+        try:
+            return cls(
+                tools=dict(data["tools"]), model=dict(data["model"]), sampler=dict(data["sampler"]), steps=int(data["steps"]),
+                guidance_scale=float(data["guidance_scale"]), do_cfg=bool(data["do_cfg"]), scheme=dict(data["scheme"]),
+                target_form=str(data["target_form"]),
+                coefficients={k: [float(x) for x in v] for k, v in data["coefficients"].items()},
+                image=ImageSpec.from_dict(data["image"]), latent_shape=tuple(int(d) for d in data["latent_shape"]),
+                opset=int(data["opset"]), graphs={k: GraphSpec.from_dict(v) for k, v in data["graphs"].items()},
+                tokenizer=TokenizerSpec.from_dict(data["tokenizer"]), negative_prompt=str(data.get("negative_prompt", "")),
+                quantization=dict(data.get("quantization", {})), golden=str(data.get("golden", "golden.npz")),
+                files={str(k): str(v) for k, v in data.get("files", {}).items()}, schema_version=int(version),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"manifest is malformed ({type(exc).__name__}: {exc})", "re-export the artifact") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", "re-export the artifact") from None
+        if not isinstance(data, dict):
+            raise ArtifactError("manifest must hold a JSON object", "re-export the artifact")
+        return cls.from_dict(data)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_folder(artifact_dir: str | Path, exclude: tuple[str, ...] = UNHASHED) -> dict[str, str]:
+    """sha256 of every regular file under `artifact_dir` (POSIX relative paths), except `exclude`."""
+    root = Path(artifact_dir)
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).as_posix() not in exclude}
+
+
+def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> Manifest:
+    """Hash every file now in `artifact_dir` into `manifest.files` and write `manifest.json`
+    atomically (temp file, then rename). Call it last, after every other file is written.
+    Returns the manifest as written."""
+    root = Path(artifact_dir)
+    written = replace(manifest, files=hash_folder(root))
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(written.to_json())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an artifact is copied to other machines
+        os.replace(tmp, root / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return written
+
+
+def load_manifest(artifact_dir: str | Path, verify: bool = True) -> Manifest:
+    """Read `manifest.json` from `artifact_dir`; with `verify`, check that every listed file exists
+    and has its recorded sha256 (all mismatches are named at once)."""
+    root = Path(artifact_dir)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{root} has no {MANIFEST_NAME}", "pass a folder written by qsched-export export or build")
+    manifest = Manifest.from_json(path.read_text())
+    if verify:
+        verify_files(root, manifest)
+    return manifest
+
+
+def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
+    root = Path(artifact_dir)
+    missing, changed = [], []
+    for rel, expected in manifest.files.items():
+        p = root / rel
+        if not p.is_file():
+            missing.append(rel)
+        elif sha256_file(p) != expected:
+            changed.append(rel)
+    if missing or changed:
+        parts = ([f"missing: {', '.join(missing)}"] if missing else []) + ([f"sha256 mismatch: {', '.join(changed)}"] if changed else [])
+        raise ArtifactError(f"artifact {root} does not match its manifest ({'; '.join(parts)})",
+                            "copy the artifact folder again, or re-export it")

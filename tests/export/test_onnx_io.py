@@ -1,0 +1,59 @@
+"""onnx_io: external data past the 2 GB limit, INT4 packing, default opsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _matmul_model(weight: np.ndarray) -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, weight.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, weight.shape[1]])], [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_large_models_use_one_external_data_file(tmp_path, monkeypatch):
+    from qsched_export.export import onnx_io
+
+    monkeypatch.setattr(onnx_io, "TWO_GB", 1024)  # pretend 4 KiB of weights is over the limit
+    monkeypatch.setattr(onnx_io, "GRAPH_ROOM", 0)
+    weight = np.arange(32 * 32, dtype=np.float32).reshape(32, 32) / 1000
+    path = tmp_path / "denoise.onnx"
+    onnx_io.save_model(_matmul_model(weight), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["denoise.onnx", "denoise.onnx.data"]
+    assert path.stat().st_size < 1024
+    onnx_io.check_model(path)
+    assert onnx_io.io_specs(path) == ({"x": ((2, 32), "float32")}, {"y": ((2, 32), "float32")})
+    x = np.ones((2, 32), np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-6)
+
+
+def test_int4_packing_round_trips_and_runs(tmp_path):
+    from qsched_export.export.onnx_io import pack_int4_weights
+
+    values = np.array([[-8, 7, 1, -1], [3, 0, -5, 2], [6, -7, 4, -3], [0, 1, 2, 3]], np.int8)  # [K=4, N=4]
+    scale = np.array([[0.5, 1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]], np.float32)  # blocks of 2 along K
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["w", "s"], ["y"], axis=0, block_size=2)], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+                              [numpy_helper.from_array(values, "w"), numpy_helper.from_array(scale, "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    assert pack_int4_weights(model) == 1
+    weight = model.graph.initializer[0]
+    assert weight.data_type == TensorProto.INT4 and len(weight.raw_data) == 8
+    np.testing.assert_array_equal(numpy_helper.to_array(weight), values)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, tmp_path / "w.onnx")
+    y = ort.InferenceSession(str(tmp_path / "w.onnx"), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    np.testing.assert_array_equal(y, values * np.repeat(scale, 2, axis=0))
+
+
+def test_default_opsets():
+    from qsched_export.export.onnx_io import default_opset
+    from qsched_export.quant import SCHEMES
+
+    assert {name: default_opset(s) for name, s in SCHEMES.items()} == {
+        "fp32": 21, "fp16": 21, "w8a8": 20, "w4a8": 21, "w8a16": 21, "w4a16": 21}

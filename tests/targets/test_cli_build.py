@@ -1,0 +1,84 @@
+"""End to end on a tiny pipeline: `build` (export -> target -> check -> sample.png), `run`,
+`bundle` then `build --from`, and the one-line errors of bad flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from qsched_export.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*argv: str):
+    return runner.invoke(app, list(argv))
+
+
+def test_build_onnxruntime_fp32_checks_and_writes_sample(tiny_with_qsched, tmp_path):
+    model, qsched = tiny_with_qsched
+    out = tmp_path / "fp32"
+    result = _invoke("build", "--target", "onnxruntime", "--bits", "32", "--model", str(model), "--coeffs", str(qsched), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "scheme fp32" in result.output and "PASSED | onnxruntime (CPUExecutionProvider)" in result.output
+    parity = json.loads((out / "parity.json").read_text())
+    latents = next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == "fp32")
+    assert parity["passed"] and latents["max_abs"] <= 1e-4
+    with Image.open(out / "sample.png") as img:
+        assert img.size == (16, 16)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 2 and manifest["guidance_scale"] == 2.0  # like the calibrated schemes in the qsched.json
+
+    png = tmp_path / "run.png"
+    result = _invoke("run", "--artifact", str(out), "--prompt", "a blue square", "--out", str(png), "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 0
+
+
+def test_bundle_int4_then_build_from_it(tiny_with_qsched, tmp_path):
+    model, qsched = tiny_with_qsched
+    bundle = tmp_path / "bundle"
+    result = _invoke("bundle", "--target", "tensorrt", "--bits", "4", "--model", str(model), "--coeffs", str(qsched), "--out", str(bundle))
+    assert result.exit_code == 0, result.output
+    assert "scheme w4a16" in result.output and (bundle / "build_engine.sh").is_file()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["scheme"]["name"] == "w4a16" and manifest["target_form"] == "qdq"
+
+    # The very graphs TensorRT would get, run on ONNX Runtime CPU against the PyTorch fake-quant reference.
+    result = _invoke("build", "--from", str(bundle), "--target", "onnxruntime", "--bits", "4", "--out", str(tmp_path / "ort4"))
+    assert result.exit_code == 0, result.output
+    parity = json.loads((tmp_path / "ort4" / "parity.json").read_text())
+    fq = next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == "fakequant")
+    assert fq["cosine"] >= 0.999
+
+
+def test_build_onnxruntime_int8_uses_the_calibrated_scheme(tiny_with_qsched, tmp_path):
+    """The README's main job, on a tiny model: w8a8 from the qsched.json, ORT's fused integer kernels."""
+    model, qsched = tiny_with_qsched
+    out = tmp_path / "int8"
+    result = _invoke("build", "--target", "onnxruntime", "--bits", "8", "--model", str(model), "--coeffs", str(qsched), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "scheme w8a8 (int8 weights, int8 static activations)" in result.output and "PASSED | onnxruntime" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scheme"]["name"] == "w8a8" and manifest["coefficients"]["latent_coeff"] == [0.98, 1.0]
+    parity = json.loads((out / "parity.json").read_text())
+    fq = next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == "fakequant")
+    assert fq["cosine"] >= 0.999 and (out / "sample.png").is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--target", "coreml", "--bits", "8"], "unknown target 'coreml'"),
+    (["--target", "onnxruntime", "--bits", "3"], "--bits must be 4, 8, 16 or 32, got 3"),
+    (["--target", "onnxruntime", "--bits", "4", "--opset", "20"], "needs opset 21"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, tiny_with_qsched, tmp_path):
+    model, qsched = tiny_with_qsched
+    out = tmp_path / "out"
+    result = _invoke("build", *argv, "--model", str(model), "--coeffs", str(qsched), "--out", str(out))
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in result.output.replace("\n", " ") and "Traceback" not in result.output
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
