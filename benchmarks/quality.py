@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from calibration.api import CalibrationConfig, prepare  # noqa: E402
 from calibration.jaq import JAQ  # noqa: E402
 from calibration.judges import load_clip  # noqa: E402
+from benchmarks.image_grid import save_image_grid  # noqa: E402
 from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
 from qsched_export.pipeline import UNetDenoiser, decode_latents, denoise_fn, draw_noise, encode_prompts, latent_shape  # noqa: E402
 from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop  # noqa: E402
@@ -176,29 +177,10 @@ def main() -> None:
 
 
 def save_grid(sampler, fp32_unet, quant_unet, scheme, qs, steps, guidance, path: Path, n: int = 8) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sub = Sampler(sampler.pipe, sampler.prompts[:n], sampler.device, n)
     rows = {"FP32": sub.images(fp32_unet, steps, guidance, None, 0), scheme.upper(): sub.images(quant_unet, steps, guidance, None, 0),
             f"{scheme.upper()} + Q-Sched": sub.images(quant_unet, steps, guidance, qs, 0)}
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 2.2 * len(rows)))
-    for r, (label, imgs) in enumerate(rows.items()):
-        for c in range(n):
-            ax = axes[r, c]
-            ax.imshow(imgs[c].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                words = sub.prompts[c].split()
-                ax.set_title("\n".join(" ".join(words[i:i + 4]) for i in range(0, len(words), 4)), fontsize=6)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-    fig.suptitle(f"held-out prompts, {steps} steps, guidance {guidance}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_image_grid(rows, sub.prompts, f"held-out prompts, {steps} steps, guidance {guidance}", path)
 
 
 if __name__ == "__main__":

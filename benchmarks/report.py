@@ -101,7 +101,7 @@ def quality_plot(data: dict, path: Path) -> None:
 
 def generic_section(title: str, data: dict) -> str:
     """Benchmarks that print their own rows: a `rows` list of flat dicts becomes a table."""
-    rows = data.get("rows", [])
+    rows = data.get("rows") or _scheme_rows(data.get("results"))
     if not rows:
         return f"## {title}\n\n```json\n{json.dumps(data, indent=1)[:4000]}\n```"
     headers = list(rows[0])
@@ -110,10 +110,24 @@ def generic_section(title: str, data: dict) -> str:
     return "\n".join([f"## {title}", "", f"`{command}` on {data.get('device', 'this machine')}" if command else "", "", _table(headers, body)])
 
 
+def _scheme_rows(results: dict | list | None) -> list[dict]:
+    """benchmarks/export_unet.py keys its results by scheme; runtime_latency.py lists artifacts."""
+    if isinstance(results, list):
+        return [{"scheme": r["scheme"], "runtime": r["runtime"], "steps": r["steps"], "graphs MB": sum(r["graph_bytes"].values()) / 1e6,
+                 "s per image": r["image_seconds"], "s per denoise call": r["denoise_seconds"],
+                 "parity": "PASSED" if r["parity"]["passed"] else "FAILED"} for r in results]
+    if not isinstance(results, dict):
+        return []
+    return [{"scheme": name, "form": r["target_form"], "opset": r["opset"], "size GB": r["denoise_bytes"] / 1e9,
+             "size vs fp32": r["size_vs_fp32"], "median s": r["latency_median_s"], "speedup": r["speedup_vs_fp32"],
+             "cosine vs fp32": r["cosine_vs_fp32_ort"], "export s": r["export_graph_s"]} for name, r in results.items()]
+
+
 SECTIONS = (
-    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet"),
+    ("sample_grid.json", "Embedded sample on CPU: 2/4/8 steps, FP32 / W8A8 / W4A8 / W4A8 + Q-Sched (docs/sample_quant_grid.png)"),
+    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet, 1 step (`python benchmarks/export_unet.py`, 2-core CPU under load)"),
     ("export_sample.json", "Export size and ONNX Runtime CPU latency: embedded sample"),
-    ("runtime_sample.json", "Runtime latency and parity of built artifacts"),
+    ("runtime_sample.json", "Embedded sample on ONNX Runtime CPU: latency and parity of built artifacts (`python benchmarks/runtime_latency.py out/shapes-sd-onnxruntime-{fp32,w8a8,w4a8} --repeats 20`, 2-core CPU)"),
     ("calibration_speed_cpu.json", "Calibration speed (CPU)"),
     ("calibration_speed_gpu.json", "Calibration speed (GPU)"),
 )
@@ -129,6 +143,9 @@ def main() -> None:
         parts += ["", "![quality](results_quality.png)", ""]
         if (DOCS / "quality_grid.png").is_file():
             parts += ["![grid](quality_grid.png)", ""]
+    sweep = _load("quality_guidance3.json")
+    if sweep:
+        parts += [quality_section(sweep).replace("## Quality on the embedded sample", "## Quality at guidance 3.0 with the guidance sweep", 1), ""]
     for name, title in SECTIONS:
         data = _load(name)
         if data:

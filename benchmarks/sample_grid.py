@@ -22,6 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.image_grid import save_image_grid  # noqa: E402
 from calibration.judges import load_clip  # noqa: E402
 from qsched_export.pipeline import default_guidance, generate, load_pipeline  # noqa: E402
 from qsched_export.qsched_file import read_qsched  # noqa: E402
@@ -72,36 +73,13 @@ def main() -> None:
                             "clipscore_b": clip["b"], "cpu_seconds_per_image": seconds,
                             "coefficients": None if coeffs is None else coeffs.to_dict()})
             print(f"{steps} steps {label:16s} all-correct {results[-1]['analyser']['all']:.2f} CLIP a/b {clip['a']:.1f}/{clip['b']:.1f} {seconds:.3f} s/image", flush=True)
-    save(rows, prompts, guidance, args.out)
+    save_image_grid({f"{steps} steps\n{label}": images for (steps, label), images in rows.items()}, prompts,
+                    f"embedded sample, held-out prompts, guidance {guidance}", args.out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": "python benchmarks/sample_grid.py", "guidance": guidance, "prompts": prompts, "rows": [
         {"steps": r["steps"], "config": r["config"], "all_correct": r["analyser"]["all"], "colour": r["analyser"]["colour"],
          "count": r["analyser"]["count"], "clipscore_a": r["clipscore_a"], "clipscore_b": r["clipscore_b"],
          "cpu_s_per_image": r["cpu_seconds_per_image"]} for r in results]}, indent=1))
-
-
-def save(rows: dict, prompts: list[str], guidance: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(rows)
-    fig, axes = plt.subplots(len(keys), len(prompts), figsize=(1.6 * len(prompts), 1.7 * len(keys)))
-    for r, key in enumerate(keys):
-        for c in range(len(prompts)):
-            ax = axes[r, c]
-            ax.imshow(rows[key][c].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                words = prompts[c].split()
-                ax.set_title("\n".join(" ".join(words[i:i + 4]) for i in range(0, len(words), 4)), fontsize=5)
-            if c == 0:
-                ax.set_ylabel(f"{key[0]} steps\n{key[1]}", fontsize=6)
-    fig.suptitle(f"embedded sample, held-out prompts, guidance {guidance}", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ writes it, export and build read it, and `generate --coeffs` takes it (or a bare
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qsched_export.errors import QSchedError
+from runtimes.files import atomic_file
 from qsched_export.sampler.plan import QSchedCoefficients
 
 FORMAT = "qsched"
@@ -79,17 +78,9 @@ def read_qsched(path: str | Path) -> QSchedFile:
 def write_qsched(path: str | Path, qfile: QSchedFile) -> None:
     """Write atomically: a temp file in the same folder, then rename, so an interrupted run
     leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".qsched-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(qfile.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        json.dump(qfile.to_dict(), f, indent=2)
+        f.write("\n")
 
 
 def load_coefficients(path: str | Path, steps: int, scheme: str | None = None) -> QSchedCoefficients:

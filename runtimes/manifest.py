@@ -12,11 +12,10 @@ Torch-free on purpose (stdlib only): a Jetson with only onnxruntime or tensorrt 
 from __future__ import annotations
 
 from runtimes.errors import UserError
+from runtimes.files import atomic_file
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -239,15 +238,8 @@ def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> Manifest:
     Returns the manifest as written."""
     root = Path(artifact_dir)
     written = replace(manifest, files=hash_folder(root))
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(written.to_json())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an artifact is copied to other machines
-        os.replace(tmp, root / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(root / MANIFEST_NAME) as f:
+        f.write(written.to_json())
     return written
 
 

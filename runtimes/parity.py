@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from runtimes.files import atomic_file
 from runtimes.manifest import ArtifactError
 
 PARITY_FILE = "parity.json"
@@ -206,12 +205,6 @@ def check_artifact(artifact_dir: str | Path, providers: list[str] | tuple[str, .
 
 
 def write_report(path: Path, report: ParityReport) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".parity-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        json.dump(report.to_dict(), f, indent=2)
+        f.write("\n")

@@ -11,13 +11,12 @@ to `image`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from runtimes.files import atomic_file
 from runtimes.manifest import ArtifactError, Manifest, load_manifest
 from runtimes.runners import Runner, open_runner
 from runtimes.tokenizer import PromptTokenizer
@@ -104,13 +103,6 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".image-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(to_uint8(image[None])[0]).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        Image.fromarray(to_uint8(image[None])[0]).save(f, format="PNG")
     return path
