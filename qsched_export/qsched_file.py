@@ -64,6 +64,10 @@ def read_qsched(path: str | Path) -> QSchedFile:
     data = _read_json(path)
     if data.get("format") != FORMAT:
         raise QSchedError(f"{path} is not a qsched.json file", "pass a file written by qsched-export calibrate")
+    return _parse_qsched(path, data)
+
+
+def _parse_qsched(path: str | Path, data: dict) -> QSchedFile:
     if data.get("version") != VERSION:
         raise QSchedError(f"{path} has qsched.json version {data.get('version')}, this tool reads version {VERSION}", "recalibrate with this version")
     known = {"format", "version", "model", "family", "steps", "guidance_scale", "schemes"}
@@ -83,27 +87,26 @@ def write_qsched(path: str | Path, qfile: QSchedFile) -> None:
         f.write("\n")
 
 
-def load_coefficients(path: str | Path, steps: int, scheme: str | None = None) -> QSchedCoefficients:
-    """Coefficients from a qsched.json (for `scheme`, or its only scheme) or a bare coefficient file."""
+def read_coefficient_file(path: str | Path) -> QSchedFile | QSchedCoefficients:
+    """A qsched.json, or a bare `{"latent_coeff": [...], "output_coeff": [...]}` file, read once."""
     data = _read_json(path)
     if data.get("format") == FORMAT:
-        qfile = read_qsched(path)
-        if scheme is None:
-            if len(qfile.schemes) != 1:
-                raise QSchedError(f"{path} holds schemes {', '.join(sorted(qfile.schemes))}", "pick one with --scheme")
-            scheme = next(iter(qfile.schemes))
-        return qfile.scheme(scheme).coefficients.check_steps(steps)
+        return _parse_qsched(path, data)
     try:
-        coeffs = QSchedCoefficients(tuple(map(float, data["latent_coeff"])), tuple(map(float, data["output_coeff"])))
+        return QSchedCoefficients(tuple(map(float, data["latent_coeff"])), tuple(map(float, data["output_coeff"])))
     except (KeyError, TypeError, ValueError):
         raise QSchedError(f"{path} has no latent_coeff/output_coeff lists", "write {\"latent_coeff\": [...], \"output_coeff\": [...]}") from None
-    return coeffs.check_steps(steps)
 
 
-def calibrated_guidance(path: str | Path) -> float | None:
-    """The guidance scale a qsched.json was calibrated with; None for a bare coefficient file."""
-    data = _read_json(path)
-    return float(data["guidance_scale"]) if data.get("format") == FORMAT else None
+def coefficients_for(source: QSchedFile | QSchedCoefficients, steps: int, scheme: str | None = None) -> QSchedCoefficients:
+    """The coefficients of `source` for `steps`: a qsched.json's `scheme` (or its only scheme)."""
+    if isinstance(source, QSchedFile):
+        if scheme is None:
+            if len(source.schemes) != 1:
+                raise QSchedError(f"the qsched.json holds schemes {', '.join(sorted(source.schemes))}", "pick one with --scheme")
+            scheme = next(iter(source.schemes))
+        source = source.scheme(scheme).coefficients
+    return source.check_steps(steps)
 
 
 def _read_json(path: str | Path) -> dict:

@@ -28,16 +28,16 @@ def generate(
     with user_errors():
         from qsched_export.errors import QSchedError
         from qsched_export.pipeline import default_guidance, generate as run_generate, load_pipeline, to_pil
-        from qsched_export.qsched_file import calibrated_guidance, load_coefficients
+        from qsched_export.qsched_file import QSchedFile, coefficients_for, read_coefficient_file
 
         if out.suffix.lower() != ".png":
             raise QSchedError(f"--out {out} is not a .png path", "pass --out image.png")
         note_default_model(model)
         pipe = load_pipeline(model, scheduler=scheduler, trust_remote_code=trust_remote_code)
-        coefficients = load_coefficients(coeffs, steps, scheme) if coeffs else None
+        source = read_coefficient_file(coeffs) if coeffs else None
+        coefficients = coefficients_for(source, steps, scheme) if source else None
         if guidance is None:
-            guidance = calibrated_guidance(coeffs) if coeffs else None
-            guidance = default_guidance(model) if guidance is None else guidance
+            guidance = source.guidance_scale if isinstance(source, QSchedFile) else default_guidance(model)
         _, images = run_generate(pipe, [prompt], steps=steps, guidance_scale=guidance, seed=seed,
                                  latent_coeff=coefficients.latent_coeff if coefficients else None,
                                  output_coeff=coefficients.output_coeff if coefficients else None,

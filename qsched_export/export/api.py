@@ -107,37 +107,31 @@ class _Calibration:
 def _read_calibration(config: ExportConfig, scheme, family: str, model_id: str) -> _Calibration:
     """Coefficients, guidance and activation ranges for `scheme`, checked against the model and steps."""
     from qsched_export.pipeline import default_guidance
-    from qsched_export.qsched_file import FORMAT, load_coefficients, read_qsched
+    from qsched_export.qsched_file import QSchedFile, read_coefficient_file
 
     ranges: dict = {}
     guidance = config.guidance_scale
     coefficients = config.coefficients
     if config.coeffs is not None:
-        import json
-
-        try:
-            is_qsched = json.loads(Path(config.coeffs).read_text()).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError):
-            is_qsched = False  # load_coefficients below names the problem
-        if is_qsched:
-            qfile = read_qsched(config.coeffs)
-            if qfile.steps != config.steps:
-                raise QSchedError(f"{config.coeffs} was calibrated for {qfile.steps} steps, not {config.steps}",
-                                  f"pass --steps {qfile.steps}, or calibrate for --steps {config.steps}")
-            if qfile.family != family:
-                raise QSchedError(f"{config.coeffs} was calibrated for the {qfile.family} sampler, this model uses {family}",
+        source = read_coefficient_file(config.coeffs)
+        if isinstance(source, QSchedFile):
+            if source.steps != config.steps:
+                raise QSchedError(f"{config.coeffs} was calibrated for {source.steps} steps, not {config.steps}",
+                                  f"pass --steps {source.steps}, or calibrate for --steps {config.steps}")
+            if source.family != family:
+                raise QSchedError(f"{config.coeffs} was calibrated for the {source.family} sampler, this model uses {family}",
                                   "pass the qsched.json calibrated for this model")
-            if Path(str(qfile.model)).name != Path(model_id).name:
-                raise QSchedError(f"{config.coeffs} was calibrated for model {qfile.model}, not {model_id}",
+            if Path(str(source.model)).name != Path(model_id).name:
+                raise QSchedError(f"{config.coeffs} was calibrated for model {source.model}, not {model_id}",
                                   "pass the qsched.json calibrated for this model")
             # fp16 runs the fp32 network at half precision: without its own entry it takes fp32's coefficients.
-            name = "fp32" if scheme.name not in qfile.schemes and not scheme.quantized and "fp32" in qfile.schemes else scheme.name
-            entry = qfile.scheme(name)  # names the calibrated schemes when missing
+            name = "fp32" if scheme.name not in source.schemes and not scheme.quantized and "fp32" in source.schemes else scheme.name
+            entry = source.scheme(name)  # names the calibrated schemes when missing
             ranges = entry.activation_ranges
             coefficients = coefficients or entry.coefficients.check_steps(config.steps)
-            guidance = qfile.guidance_scale if guidance is None else guidance
+            guidance = source.guidance_scale if guidance is None else guidance
         else:
-            coefficients = coefficients or load_coefficients(config.coeffs, config.steps)
+            coefficients = coefficients or source.check_steps(config.steps)
     if scheme.static_activations and not ranges:
         raise QSchedError(f"scheme {scheme.name} needs calibrated activation ranges", "pass --coeffs qsched.json from qsched-export calibrate")
     return _Calibration(coefficients or QSchedCoefficients.ones(config.steps),

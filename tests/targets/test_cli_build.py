@@ -18,15 +18,20 @@ def _invoke(*argv: str):
     return runner.invoke(app, list(argv))
 
 
+def _latents_parity(artifact, reference: str) -> dict:
+    """parity.json's final-latent comparison against `reference` (fp32 or fakequant)."""
+    parity = json.loads((artifact / "parity.json").read_text())
+    assert parity["passed"]
+    return next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == reference)
+
+
 def test_build_onnxruntime_fp32_checks_and_writes_sample(tiny_with_qsched, tmp_path):
     model, qsched = tiny_with_qsched
     out = tmp_path / "fp32"
     result = _invoke("build", "--target", "onnxruntime", "--bits", "32", "--model", str(model), "--coeffs", str(qsched), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "scheme fp32" in result.output and "PASSED | onnxruntime (CPUExecutionProvider)" in result.output
-    parity = json.loads((out / "parity.json").read_text())
-    latents = next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == "fp32")
-    assert parity["passed"] and latents["max_abs"] <= 1e-4
+    assert _latents_parity(out, "fp32")["max_abs"] <= 1e-4
     with Image.open(out / "sample.png") as img:
         assert img.size == (16, 16)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -50,9 +55,7 @@ def test_bundle_int4_then_build_from_it(tiny_with_qsched, tmp_path):
     # The very graphs TensorRT would get, run on ONNX Runtime CPU against the PyTorch fake-quant reference.
     result = _invoke("build", "--from", str(bundle), "--target", "onnxruntime", "--bits", "4", "--out", str(tmp_path / "ort4"))
     assert result.exit_code == 0, result.output
-    parity = json.loads((tmp_path / "ort4" / "parity.json").read_text())
-    fq = next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == "fakequant")
-    assert fq["cosine"] >= 0.999
+    assert _latents_parity(tmp_path / "ort4", "fakequant")["cosine"] >= 0.999
 
 
 def test_build_onnxruntime_int8_uses_the_calibrated_scheme(tiny_with_qsched, tmp_path):
@@ -64,9 +67,7 @@ def test_build_onnxruntime_int8_uses_the_calibrated_scheme(tiny_with_qsched, tmp
     assert "scheme w8a8 (int8 weights, int8 static activations)" in result.output and "PASSED | onnxruntime" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["scheme"]["name"] == "w8a8" and manifest["coefficients"]["latent_coeff"] == [0.98, 1.0]
-    parity = json.loads((out / "parity.json").read_text())
-    fq = next(c for c in parity["comparisons"] if c["output"] == "final_latents" and c["reference"] == "fakequant")
-    assert fq["cosine"] >= 0.999 and (out / "sample.png").is_file()
+    assert _latents_parity(out, "fakequant")["cosine"] >= 0.999 and (out / "sample.png").is_file()
 
 
 @pytest.mark.parametrize("argv,message", [
