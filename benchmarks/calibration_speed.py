@@ -16,6 +16,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +32,36 @@ def _tiny_assets(folder: Path) -> tuple[str, str]:
     return str(save_tiny_sd(folder / "sd")), str(save_tiny_clip(folder / "judge"))
 
 
-def _sync(device: str) -> None:
+def timed(fn: Callable[[], object], device: str) -> tuple[object, float]:
+    """`fn()` and its wall time in seconds; CUDA runs asynchronously, so synchronise on both sides."""
     import torch
 
     if device == "cuda":
         torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def describe_device(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def open_session(model: str | None, judge: str | None, prompts: int, folder: Path, **config):
+    """`calibration.api.prepare` on the first `prompts` lines of samples/prompts/calibration.txt
+    (written to `folder`); `config` holds the other CalibrationConfig fields."""
+    from calibration.api import SAMPLE_PROMPTS, CalibrationConfig, prepare
+
+    lines = [ln.strip() for ln in SAMPLE_PROMPTS.read_text().splitlines() if ln.strip()][:prompts]
+    prompt_file = folder / "prompts.txt"
+    prompt_file.write_text("\n".join(lines) + "\n")
+    return prepare(CalibrationConfig(model=model, prompts_file=prompt_file, judge=judge, progress=False, **config).validate())
 
 
 def main() -> None:
@@ -58,10 +84,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from calibration.api import SAMPLE_JUDGE, SAMPLE_PROMPTS, CalibrationConfig, prepare
+    from calibration.api import SAMPLE_JUDGE
     from calibration.search import SearchSpace, coefficients
     from qsched_export.pipeline import SAMPLE_MODEL
     from qsched_export.sampler import QSchedCoefficients
+    from runtimes.files import atomic_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,38 +100,28 @@ def main() -> None:
     else:
         label = model or "samples/shapes-sd"
         judge = judge or (str(SAMPLE_JUDGE) if SAMPLE_JUDGE.is_dir() else None)
-    prompts = [ln.strip() for ln in SAMPLE_PROMPTS.read_text().splitlines() if ln.strip()][: args.prompts]
-    prompt_file = Path(tmp.name) / "prompts.txt"
-    prompt_file.write_text("\n".join(prompts) + "\n")
-    config = CalibrationConfig(model=model, schemes=(args.scheme,), steps=args.steps, prompts_file=prompt_file, space=SearchSpace(args.grid),
-                               judge=judge, guidance=args.guidance, device=args.device, batch_size=args.batch_size, progress=False).validate()
-    session = prepare(config)
+    session = open_session(model, judge, args.prompts, Path(tmp.name), schemes=(args.scheme,), steps=args.steps, space=SearchSpace(args.grid),
+                           guidance=args.guidance, device=args.device, batch_size=args.batch_size)
+    prompts = session.prompts
     unet, report = session.simulated_unet(args.scheme)
     ones = QSchedCoefficients.ones(session.plan.num_steps)
     fp32 = float(session.evaluator(session.pipe.unet).evaluate([ones])["jaq"][0])
-    points = [coefficients(pt, session.plan.num_steps) for pt in config.space.points()]
+    points = [coefficients(pt, session.plan.num_steps) for pt in session.config.space.points()]
 
     batched = session.evaluator(unet)
     naive = float(batched.evaluate([ones])["jaq"][0])
-    _sync(args.device)
-    t0 = time.perf_counter()
-    grid = batched.evaluate(points)["jaq"]
-    _sync(args.device)
-    t_batched = time.perf_counter() - t0
+    terms, t_batched = timed(lambda: batched.evaluate(points), args.device)
+    grid = terms["jaq"]
 
     single = session.evaluator(unet, batch_size=len(prompts))  # one coefficient set per denoiser call
     subset = points[: args.one_by_one]
-    _sync(args.device)
-    t0 = time.perf_counter()
-    single.evaluate(subset)
-    _sync(args.device)
-    t_single = time.perf_counter() - t0
+    _, t_single = timed(lambda: single.evaluate(subset), args.device)
 
     best = int(torch.argmax(grid))
     pps_batched, pps_single = len(points) / t_batched, len(subset) / t_single
     result = {
         "model": label, "scheme": args.scheme, "grid": args.grid, "grid_points": len(points), "prompts": len(prompts), "steps": args.steps,
-        "guidance": args.guidance, "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "guidance": args.guidance, "device": describe_device(args.device),
         "batch_size": args.batch_size, "candidates_per_call": batched.per_call, "layers_quantized": len(report.quantized),
         "batched_seconds": t_batched, "batched_points_per_second": pps_batched, "batched_seconds_per_point": 1 / pps_batched,
         "one_by_one_points": len(subset), "one_by_one_seconds": t_single, "one_by_one_points_per_second": pps_single,
@@ -121,10 +138,8 @@ def main() -> None:
                  ("JAQ fp32", f"{fp32:.4f}"), ("JAQ naive " + args.scheme, f"{naive:.4f}"), ("JAQ Q-Sched (grid best)", f"{float(grid[best]):.4f}")]:
         table.add_row(k, str(v))
     Console().print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    with atomic_file(args.out) as f:
+        f.write(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     tmp.cleanup()
 

@@ -57,7 +57,8 @@ def build_sd15_pipeline(folder: Path) -> Path:
 
 
 def write_ranges(model: Path, steps: int, guidance: float, out: Path) -> Path:
-    """A qsched.json with all-ones coefficients and w8a8 activation ranges from one sampler run."""
+    """A qsched.json with all-ones coefficients and, for the schemes with static activations (w8a8,
+    and w4a16's INT8 Conv), activation ranges from one sampler run."""
     from qsched_export.pipeline import UNetDenoiser, denoise_fn, draw_noise, encode_prompts, latent_shape, load_pipeline
     from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
     from qsched_export.quant import activation_ranges, get_scheme, observe_ranges, quantize_model
@@ -68,12 +69,18 @@ def write_ranges(model: Path, steps: int, guidance: float, out: Path) -> Path:
     cond = encode_prompts(pipe, ["two small red circles on a blue background"], guidance)
     latents, noises = draw_noise(plan, latent_shape(pipe, 1, None, None), torch.Generator().manual_seed(1))
     ones = QSchedCoefficients.ones(steps)
-    entries = {name: SchemeEntry(ones) for name in SCHEMES}
-    unet = copy.deepcopy(pipe.unet)
-    quantize_model(unet, get_scheme("w8a8"))
-    with torch.no_grad(), observe_ranges(unet):
-        sample_loop(denoise_fn(UNetDenoiser(unet, guidance), cond), plan, latents, noises)
-    entries["w8a8"] = SchemeEntry(ones, activation_ranges=activation_ranges(unet))
+    entries = {}
+    for name in SCHEMES:
+        scheme = get_scheme(name)
+        if not scheme.static_activations:
+            entries[name] = SchemeEntry(ones)
+            continue
+        unet = copy.deepcopy(pipe.unet)
+        quantize_model(unet, scheme)
+        with torch.no_grad(), observe_ranges(unet):
+            sample_loop(denoise_fn(UNetDenoiser(unet, guidance), cond), plan, latents, noises)
+        entries[name] = SchemeEntry(ones, activation_ranges=activation_ranges(unet))
+        del unet
     write_qsched(out, QSchedFile(model=str(model), family=plan.family, steps=steps, guidance_scale=guidance, schemes=entries))
     return out
 
@@ -86,6 +93,29 @@ def open_session(path: Path, optimized: Path | None = None):
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def op_profile(path: Path, feeds: dict, work: Path) -> dict[str, float]:
+    """Seconds per ONNX Runtime op type in one profiled run (after a warm-up run): where the time goes,
+    e.g. how much of an INT8 graph still runs float attention MatMul/Softmax."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(work / f"profile-{path.parent.name}")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    last_run = max(e["ts"] for e in events if e.get("name") == "model_run")
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= last_run:
+            totals[e["args"]["op_name"]] = totals.get(e["args"]["op_name"], 0.0) + e["dur"] / 1e6
+    return dict(sorted(((k, round(v, 4)) for k, v in totals.items()), key=lambda kv: -kv[1]))
 
 
 def interleaved_latency(sessions: dict, feeds: dict, runs: int) -> tuple[dict, dict]:
@@ -107,7 +137,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def run(model: str | None, qsched: Path | None, steps: int, guidance: float | None, runs: int, schemes: tuple[str, ...], work: Path) -> dict:
+def run(model: str | None, qsched: Path | None, steps: int, guidance: float | None, runs: int, schemes: tuple[str, ...], work: Path,
+        profile: bool) -> dict:
     """Export each scheme (reusing an artifact already in `work`), then time them all interleaved."""
     import onnx
 
@@ -151,7 +182,12 @@ def run(model: str | None, qsched: Path | None, steps: int, guidance: float | No
     print(f"timing {runs} interleaved rounds ...", flush=True)
     outputs, times = interleaved_latency(sessions, feeds, runs)
     base = results.get("fp32")
+    del sessions
+    gc.collect()
     for scheme, r in results.items():
+        if profile:
+            print(f"[{scheme}] profiling op types ...", flush=True)
+            r["op_seconds"] = op_profile(work / scheme / "denoise.onnx", feeds[scheme], work)
         r["latency_median_s"] = statistics.median(times[scheme])
         r["latency_runs_s"] = [round(t, 4) for t in times[scheme]]
         r["cosine_vs_torch_reference"] = cosine(outputs[scheme], goldens[scheme])
@@ -199,6 +235,7 @@ def main() -> None:
     parser.add_argument("--schemes", default=",".join(SCHEMES))
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--unrolled", type=int, default=0, help="also time the FP32 export of the graph unrolled over this many steps")
+    parser.add_argument("--profile", action="store_true", help="also record ONNX Runtime seconds per op type (one profiled run per scheme)")
     parser.add_argument("--workdir", type=Path, help="keep the model and artifacts here and reuse those already there (default: a temp folder, removed)")
     args = parser.parse_args()
     schemes = tuple(args.schemes.split(","))
@@ -227,7 +264,7 @@ def main() -> None:
                 print("observing w8a8 activation ranges ...", flush=True)
                 write_ranges(Path(model), steps, guidance, qsched)
             title = "SD1.5-sized UNet (random weights), 64x64 latent, 1 step, batch 1, no CFG"
-        results = run(model, qsched, steps, guidance, args.runs, schemes, work)
+        results = run(model, qsched, steps, guidance, args.runs, schemes, work, args.profile)
         unrolled = export_unrolled(model, args.unrolled, guidance, work) if args.unrolled else None
     report = {"title": title, "unrolled_fp32_export": unrolled, "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
               "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "runs": args.runs, "results": results}

@@ -7,6 +7,11 @@ against real renders of the same scenes (an FID analogue), and the procedural an
 accuracy. Coefficients are calibrated here with JAQ on judge a (the calibration judge). Also a
 guidance sweep of FP32 and the paper's k ablation (k = 0, 2, 5) for one scheme.
 
+Baselines (`--baselines`, on by default): the paper's SmoothQuant (calibration/smoothquant.py,
+Linear layers only) for each scheme that quantizes activations, naive and + Q-Sched (k = 2).
+With `--inception-weights`, also the true FID (Inception-v3, 2048 features) of each row against
+the real renders; without it the JSON says why it was not computed.
+
     python benchmarks/quality.py --device cuda --prompts 1024 --seeds 2 --out benchmarks/results/quality.json
 
 Writes JSON (read by benchmarks/report.py) and an image grid; prints a table.
@@ -33,11 +38,13 @@ from calibration.jaq import JAQ  # noqa: E402
 from calibration.judges import load_clip  # noqa: E402
 from benchmarks.image_grid import save_image_grid  # noqa: E402
 from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
+from calibration.smoothquant import DEFAULT_ALPHA, applies_to, smoothquant_unet  # noqa: E402
 from qsched_export.pipeline import UNetDenoiser, decode_latents, denoise_fn, draw_noise, encode_prompts, latent_shape  # noqa: E402
 from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop  # noqa: E402
 from samples.train import scenes  # noqa: E402
 
 EVAL_JUDGE = REPO / "samples" / "judges" / "shapes-clip-b"
+BASELINES = ("smoothquant",)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -74,11 +81,16 @@ class Sampler:
 
 
 class Scorer:
-    def __init__(self, specs, prompts, device):
+    def __init__(self, specs, prompts, device, inception_weights: Path | None):
         self.specs, self.prompts = specs, prompts
         self.judge = load_clip(str(EVAL_JUDGE), device=device)
         real = scenes.render_tensors(scenes.specs_to_tensors(specs))
         self.real_features = self._features(real)
+        self.fid = None
+        if inception_weights is not None:
+            from benchmarks.inception_fid import InceptionFID
+
+            self.fid = InceptionFID(inception_weights, real, device)
         self.text = self._batched(lambda s: self.judge.text_features(prompts[s]), len(prompts))
         self.iqa_text = self.judge.text_features(["Good photo.", "Bad photo."])
 
@@ -96,6 +108,7 @@ class Scorer:
         acc = scenes.analyse(images, self.specs)
         return {"clipscore": float((100 * cos.clamp(min=0)).mean()), "clip_iqa": float(iqa.mean()),
                 "frechet": frechet_distance(feats.numpy().astype(np.float64), self.real_features.numpy().astype(np.float64)),
+                **({"fid": self.fid(images)} if self.fid is not None else {}),
                 **{f"acc_{k}": v for k, v in acc.items()}}
 
 
@@ -118,17 +131,37 @@ def main() -> None:
     p.add_argument("--k-ablation", type=float, nargs="*", default=[0.0, 5.0], help="extra k values for the first scheme")
     p.add_argument("--batch", type=int, default=512, help="images per denoiser call when sampling")
     p.add_argument("--calib-batch", type=int, default=64, help="images per denoiser call in the calibration search")
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES), help="baselines to add (none: pass the flag alone)")
+    p.add_argument("--smoothquant-alpha", type=float, default=DEFAULT_ALPHA, help="SmoothQuant migration strength")
+    p.add_argument("--inception-weights", type=Path,
+                   help="torch-fidelity's Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth, a trusted file: it is unpickled); "
+                        "adds the true FID per row, at about one 2048x2048 eigendecomposition per row and seed")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid-png", type=Path, help="image grid of FP32 / naive / Q-Sched for a few prompts")
     args = p.parse_args()
+    if args.inception_weights is not None and not args.inception_weights.is_file():
+        p.error(f"--inception-weights {args.inception_weights} is not a file")
+    if not 0 <= args.smoothquant_alpha <= 1:  # smooth_linears checks it too, but only after the FP32 rows
+        p.error(f"--smoothquant-alpha must be in [0, 1], got {args.smoothquant_alpha}")
 
     started = time.perf_counter()
     device = torch.device(args.device)
     specs = scenes.heldout_specs(args.prompts, seed=7)
     prompts = [scenes.caption(s) for s in specs]
-    scorer = Scorer(specs, prompts, device)
+    scorer = Scorer(specs, prompts, device, args.inception_weights)
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "runs": []}
+    if args.inception_weights is not None:
+        results["fid"] = {"computed": True, "feature": 2048, "weights": str(args.inception_weights), "images_per_value": args.prompts,
+                          "against": "real renders of the held-out scenes (scenes.render_tensors), one value per seed"}
+    else:
+        results["fid"] = {"computed": False, "reason": "no --inception-weights: the Inception-v3 weights are not available in this workplace "
+                                                       "(no hub access) and are never downloaded; 'frechet' (judge-b features) stands in"}
+    smoothed = []
+    if "smoothquant" in args.baselines:
+        smoothed = [s for s in args.schemes if applies_to(s)]
+        results["smoothquant"] = {"alpha": args.smoothquant_alpha, "layers": "nn.Linear outside the skip list; Conv layers are not smoothed",
+                                  "not_applied": {s: "Linear inputs stay float: nothing to smooth" for s in args.schemes if s not in smoothed}}
 
     def record(name: str, steps: int, guidance: float, unet, coeffs, **extra):
         per_seed = [scorer.score(sampler.images(unet, steps, guidance, coeffs, seed)) for seed in range(args.seeds)]
@@ -137,10 +170,22 @@ def main() -> None:
                "metrics": {k: mean_ci([m[k] for m in per_seed]) for k in per_seed[0]}}
         results["runs"].append(row)
         m = row["metrics"]
-        print(f"{name:28s} steps={steps} g={guidance:<4} FD={m['frechet']['mean']:.4f} CLIP={m['clipscore']['mean']:.2f} "
+        fid = f" FID={m['fid']['mean']:.2f}" if "fid" in m else ""
+        print(f"{name:30s} steps={steps} g={guidance:<4} FD={m['frechet']['mean']:.4f}{fid} CLIP={m['clipscore']['mean']:.2f} "
               f"IQA={m['clip_iqa']['mean']:.3f} acc={m['acc_all']['mean']:.3f} ({time.perf_counter() - started:.0f}s)", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))  # after every row: a timeout keeps what ran
+
+    def record_qsched(name: str, session, unet, k: float, **extra) -> QSchedCoefficients:
+        """Calibrate `unet` with JAQ (CLIP-IQA weight k) on the calibration judge and record the row."""
+        t0 = time.perf_counter()
+        evaluator = session.evaluator(unet)
+        evaluator.objective = JAQ(session.objective.similarity, session.objective.quality, k)
+        search = grid_search(evaluator, space, progress=False)
+        qs = coefficients(search.best, session.config.steps)
+        record(name, session.config.steps, args.guidance, unet, qs, k=k, on_edge=search.on_edge,
+               calibration_seconds=time.perf_counter() - t0, calibration_evaluations=search.evaluations, **extra)
+        return qs
 
     space = SearchSpace(grid=args.grid)
     for steps in args.steps:
@@ -157,16 +202,15 @@ def main() -> None:
         for i, scheme in enumerate(args.schemes):
             unet, _ = session.simulated_unet(scheme)
             record(f"{scheme}", steps, args.guidance, unet, None)
-            for k in ([2.0] + (args.k_ablation if i == 0 and steps == args.steps[0] else [])):
-                t0 = time.perf_counter()
-                evaluator = session.evaluator(unet)
-                evaluator.objective = JAQ(session.objective.similarity, session.objective.quality, k)
-                search = grid_search(evaluator, space, progress=False)
-                label = f"{scheme}+qsched" + ("" if k == 2.0 else f" (k={k:g})")
-                record(label, steps, args.guidance, unet, coefficients(search.best, steps), k=k, on_edge=search.on_edge,
-                       calibration_seconds=time.perf_counter() - t0, calibration_evaluations=search.evaluations)
+            qs = record_qsched(f"{scheme}+qsched", session, unet, 2.0)
+            for k in (args.k_ablation if i == 0 and steps == args.steps[0] else []):
+                record_qsched(f"{scheme}+qsched (k={k:g})", session, unet, k)
             if args.grid_png and steps == args.steps[0] and i == len(args.schemes) - 1:
-                save_grid(sampler, fp32_unet, unet, scheme, coefficients(search.best, steps), steps, args.guidance, args.grid_png)
+                save_grid(sampler, fp32_unet, unet, scheme, qs, steps, args.guidance, args.grid_png)
+            if scheme in smoothed:
+                sq_unet, _ = smoothquant_unet(session, scheme, args.smoothquant_alpha)
+                record(f"{scheme} smoothquant", steps, args.guidance, sq_unet, None, alpha=args.smoothquant_alpha)
+                record_qsched(f"{scheme} smoothquant+qsched", session, sq_unet, 2.0, alpha=args.smoothquant_alpha)
         if steps == args.steps[0]:
             for g in args.guidance_sweep:
                 if g != args.guidance:

@@ -31,15 +31,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def quality_section(data: dict) -> str:
+def quality_section(data: dict, title: str) -> str:
     cfg = data["config"]
-    out = [f"## Quality on the embedded sample ({data['device']})",
-           f"`python benchmarks/quality.py --device {cfg['device']} --prompts {cfg['prompts']} --seeds {cfg['seeds']}` — "
+    out = [f"## {title} ({data['device']})",
+           f"`python benchmarks/quality.py --device {cfg['device']} --prompts {cfg['prompts']} --seeds {cfg['seeds']} --guidance {cfg['guidance']:g} "
+           f"--schemes {' '.join(cfg['schemes'])}` — "
            f"{cfg['prompts']} held-out prompts x {cfg['seeds']} seeds (mean ± 95% CI over seeds). Scored with the evaluation judge "
            "(shapes-clip-b); coefficients calibrated with JAQ on the calibration judge (shapes-clip-a), "
            f"grid {cfg['grid']}x{cfg['grid']} + refinement, on samples/prompts/calibration.txt. "
            "FD = Frechet distance of judge-b image features to real renders of the same scenes (an FID analogue; lower is better); "
-           "acc = the procedural analyser's all-attributes-correct rate.", ""]
+           "acc = the procedural analyser's all-attributes-correct rate. True FID: "
+           + ("computed (`fid`)." if data.get("fid", {}).get("computed") else f"not computed ({data.get('fid', {}).get('reason', 'no Inception weights')}).")
+           + ("" if "seconds" in data else f" **This run was cut short (device time ran out) after {len(data['runs'])} rows: the rows missing below were not measured.**"),
+           ""]
     headers = ["configuration", "steps", "guidance", "FD ↓", "CLIPScore ↑", "CLIP-IQA ↑", "acc ↑", "colour", "count", "c^x ramp", "c^eps ramp"]
     rows = []
     for r in data["runs"]:
@@ -99,6 +103,20 @@ def quality_plot(data: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def gpu_section(data: dict) -> str:
+    """benchmarks/gpu_latency.py: PyTorch latency rows, then the SD1.5-sized calibration speed."""
+    latency = [{"model": r["model"], "measure": r["measure"], "dtype": r["dtype"], "batch": r["batch"], "image": r["image"],
+                "median s": r["median_s"], "s / image": r["s_per_image"], "peak MiB": r["peak_mem_mib"]} for r in data["rows"]]
+    calib = [{"UNet": r["unet"], "prompts": r["prompts"], "steps": r["steps"], "points / s": r["points_per_second"],
+              "search evaluations": r["search_evaluations"], "search min (extrapolated)": r["search_minutes_extrapolated"],
+              "paper min (A6000)": r["paper_minutes_a6000"], "peak MiB": r["peak_mem_mib"]} for r in data["calibration"]]
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return "\n".join([f"## {data['title']} ({data['device']})", "", f"`{data['command']}`", "", data["note"], "",
+                      _table(list(latency[0]), [[cell(r[h]) for h in latency[0]] for r in latency]), "",
+                      "Calibration speed of an SD1.5-sized UNet + VAE (random weights) with the sample's judge:", "",
+                      _table(list(calib[0]), [[cell(r[h]) for h in calib[0]] for r in calib])])
+
+
 def generic_section(title: str, data: dict) -> str:
     """Benchmarks that print their own rows: a `rows` list of flat dicts becomes a table."""
     rows = data.get("rows") or _scheme_rows(data.get("results"))
@@ -107,6 +125,10 @@ def generic_section(title: str, data: dict) -> str:
     headers = list(rows[0])
     body = [[f"{r.get(h):.4g}" if isinstance(r.get(h), float) else str(r.get(h)) for h in headers] for r in rows]
     command = data.get("command", "")
+    unrolled = data.get("unrolled_fp32_export")
+    if unrolled:  # the export-time run: its one-round latency row is not a measurement worth a table
+        return "\n".join([f"## {title}", "", f"FP32 denoise graph unrolled over {unrolled['steps']} steps: exported in {unrolled['export_s']:.0f} s, "
+                          f"{unrolled['denoise_bytes'] / 1e9:.3f} GB (the steps share one copy of the weights)."])
     return "\n".join([f"## {title}", "", f"`{command}` on {data.get('device', 'this machine')}" if command else "", "", _table(headers, body)])
 
 
@@ -120,12 +142,22 @@ def _scheme_rows(results: dict | list | None) -> list[dict]:
         return []
     return [{"scheme": name, "form": r["target_form"], "opset": r["opset"], "size GB": r["denoise_bytes"] / 1e9,
              "size vs fp32": r["size_vs_fp32"], "median s": r["latency_median_s"], "speedup": r["speedup_vs_fp32"],
-             "cosine vs fp32": r["cosine_vs_fp32_ort"], "export s": r["export_graph_s"]} for name, r in results.items()]
+             "cosine vs fp32": r["cosine_vs_fp32_ort"], "export s": r["export_graph_s"], "time by op type": _op_shares(r.get("op_seconds"))}
+            for name, r in results.items()]
+
+
+def _op_shares(op_seconds: dict | None, top: int = 5) -> str:
+    """The op types that take most of a profiled run, as shares of it."""
+    if not op_seconds:
+        return "-"
+    total = sum(op_seconds.values())
+    return ", ".join(f"{op} {100 * t / total:.0f}%" for op, t in list(op_seconds.items())[:top])
 
 
 SECTIONS = (
     ("sample_grid.json", "Embedded sample on CPU: 2/4/8 steps, FP32 / W8A8 / W4A8 / W4A8 + Q-Sched (docs/sample_quant_grid.png)"),
-    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet, 1 step (`python benchmarks/export_unet.py`, 2-core CPU under load)"),
+    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet, 1 step (`python benchmarks/export_unet.py --profile`, 2-core AVX2 CPU without VNNI)"),
+    ("export_unet_unrolled.json", "FP32 export of the SD1.5-sized UNet unrolled over 4 steps (`python benchmarks/export_unet.py --schemes fp32 --runs 1 --unrolled 4`)"),
     ("export_sample.json", "Export size and ONNX Runtime CPU latency: embedded sample"),
     ("runtime_sample.json", "Embedded sample on ONNX Runtime CPU: latency and parity of built artifacts (`python benchmarks/runtime_latency.py out/shapes-sd-onnxruntime-{fp32,w8a8,w4a8} --repeats 20`, 2-core CPU)"),
     ("calibration_speed_cpu.json", "Calibration speed (CPU)"),
@@ -138,14 +170,17 @@ def main() -> None:
              "each section names the command that measured it. Do not edit by hand.", ""]
     quality = _load("quality.json")
     if quality:
-        parts.append(quality_section(quality))
+        parts.append(quality_section(quality, "Quality on the embedded sample"))
         quality_plot(quality, DOCS / "results_quality.png")
         parts += ["", "![quality](results_quality.png)", ""]
         if (DOCS / "quality_grid.png").is_file():
             parts += ["![grid](quality_grid.png)", ""]
-    sweep = _load("quality_guidance3.json")
-    if sweep:
-        parts += [quality_section(sweep).replace("## Quality on the embedded sample", "## Quality at guidance 3.0 with the guidance sweep", 1), ""]
+    study = _load("quality_study.json")
+    if study:
+        parts += [quality_section(study, "Where quantization loss starts: study-only schemes (3-bit weights, 6-bit activations)"), ""]
+    gpu = _load("gpu_latency.json")
+    if gpu:
+        parts += [gpu_section(gpu), ""]
     for name, title in SECTIONS:
         data = _load(name)
         if data:

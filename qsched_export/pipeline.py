@@ -106,18 +106,20 @@ class UNetDenoiser(torch.nn.Module):
         return out
 
 
-def encode_prompts(pipe, prompts: list[str], guidance_scale: float, negative_prompt: str | None = None) -> Conditioning:
+def encode_prompts(pipe, prompts: list[str], guidance_scale: float, negative_prompt: str | None = None, device: str = "cpu") -> Conditioning:
+    """Text conditioning (negative first with CFG), on `device` (the CPU by default: calibration and
+    export encode once and move the result)."""
     for p in prompts:
         if not p.strip():
             raise QSchedError("empty prompt", "pass a non-empty --prompt")
     denoiser = UNetDenoiser(pipe.unet, guidance_scale)
     with torch.no_grad():
-        pos, neg = pipe.encode_prompt(prompts, torch.device("cpu"), 1, denoiser.do_cfg, [negative_prompt or ""] * len(prompts) if denoiser.do_cfg else None)
+        pos, neg = pipe.encode_prompt(prompts, torch.device(device), 1, denoiser.do_cfg, [negative_prompt or ""] * len(prompts) if denoiser.do_cfg else None)
     context = torch.cat([neg, pos]) if denoiser.do_cfg else pos
     timestep_cond = None
     if pipe.unet.config.time_cond_proj_dim is not None:
         w = torch.tensor(guidance_scale - 1).repeat(len(prompts))
-        timestep_cond = pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(dtype=pos.dtype)
+        timestep_cond = pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(device=pos.device, dtype=pos.dtype)
     return Conditioning(context, timestep_cond, len(prompts))
 
 

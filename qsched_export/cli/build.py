@@ -160,9 +160,12 @@ def build(
 
 
 def _describe(scheme) -> str:
-    weights = f"int{scheme.weight_bits} weights" if scheme.weight_bits else f"{scheme.float_dtype} weights"
-    acts = {"static": "int8 static activations", "dynamic": "int8 dynamic activations", "none": "float activations"}[scheme.act_mode]
-    return f"{weights}, {acts}"
+    def layer(kind: str, spec) -> str:
+        if spec is None:
+            return f"{kind} {scheme.float_dtype}"
+        acts = {"static": "static", "dynamic": "dynamic", "none": "float"}[spec.act_mode]
+        return f"{kind} int{spec.weight_bits} weights, {acts}{'' if spec.act_bits is None else f' int{spec.act_bits}'} activations"
+    return f"{layer('Linear', scheme.linear)}; {layer('Conv', scheme.conv)}"
 
 
 def bundle(

@@ -20,7 +20,7 @@ class _OneLineWarnings(logging.Handler):
 def calibrate(
     model: str = typer.Option(None, "--model", help="Diffusers folder or hub id (default: the embedded sample)."),
     bits: list[int] = typer.Option([], "--bits", help="8 = w8a8, 4 = w4a8, 16 = fp16; repeat for several (default 8)."),
-    scheme: list[str] = typer.Option([], "--scheme", help="Any scheme by name (w8a8, w4a8, w8a16, w4a16, fp16); repeatable."),
+    scheme: list[str] = typer.Option([], "--scheme", help="Any scheme by name (w8a8, w4a8, w8a16, w4a16, fp16; study-only, not exportable: w3a8, w4a6, w8a6); repeatable."),
     steps: int = typer.Option(4, "--steps", help="Sampler steps."),
     prompts: Path = typer.Option(None, "--prompts", help="Prompt file, one a line (default: samples/prompts/calibration.txt)."),
     grid: int = typer.Option(20, "--grid", help="Grid size per axis (the paper: 10 to 50)."),

@@ -76,6 +76,9 @@ class ExportConfig:
 
         object.__setattr__(self, "out", Path(self.out))
         scheme = get_scheme(self.scheme)
+        if not scheme.exportable:
+            raise QSchedError(f"scheme {scheme.name} is a study-only simulation (no ONNX Runtime or TensorRT kernel runs 3-bit "
+                              "weights or 6-bit activations)", "export w8a8, w4a8 or w4a16")
         if self.steps < 1:
             raise QSchedError(f"steps must be >= 1, got {self.steps}", "pass --steps 1 or more")
         if self.batch < 1:
@@ -84,7 +87,7 @@ class ExportConfig:
             object.__setattr__(self, "opset", onnx_io.default_opset(scheme))
         if not onnx_io.MIN_OPSET <= self.opset <= onnx_io.MAX_OPSET:
             raise QSchedError(f"opset {self.opset} is not supported", f"pass --opset between {onnx_io.MIN_OPSET} and {onnx_io.MAX_OPSET}")
-        if scheme.weight_bits == 4 and self.opset < onnx_io.INT4_MIN_OPSET:
+        if scheme.block_weights and self.opset < onnx_io.INT4_MIN_OPSET:
             raise QSchedError(f"scheme {scheme.name} needs opset {onnx_io.INT4_MIN_OPSET} (INT4 block quantization), got --opset {self.opset}",
                               f"pass --opset {onnx_io.INT4_MIN_OPSET}, or --bits 8 for an older opset")
         if self.guidance_scale is not None and self.guidance_scale < 0:

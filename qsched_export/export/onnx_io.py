@@ -29,8 +29,9 @@ def default_opset(scheme) -> int:
     activation DequantizeLinear through a Reshape and also converts int8 activations to uint8
     (QDQPropagationTransformer + QDQS8ToU8Transformer): the session fails to load with
     "output_dtype INT8 does not match y_zero_point type UINT8". Opset 20 loads and fuses
-    (measured here), and it is also TensorRT 10.3's (JetPack 6) newest opset."""
-    return STATIC_QDQ_OPSET if scheme.static_activations else MAX_OPSET
+    (measured here), and it is also TensorRT 10.3's (JetPack 6) newest opset. Block (INT4)
+    weights need 21 whatever the activations."""
+    return STATIC_QDQ_OPSET if scheme.static_activations and not scheme.block_weights else MAX_OPSET
 
 
 ONNX_TO_NUMPY = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 11: "float64"}

@@ -10,6 +10,7 @@ Per layer (`QuantLayer` docstring for the numerics):
   static int8 activations (w8a8):  x -> Q -> DQ -> MatMul/Conv(no bias) [-> Q -> DQ] -> Add(bias)
   weights:  int8 initializer -> DequantizeLinear(per output channel: MatMul [K,N] axis 1, Conv KCRS axis 0)
             int4 initializer -> DequantizeLinear(axis 0 = K, block_size = group) -> MatMul   (w4a16, opset 21)
+            int4 initializer -> DequantizeLinear(axis 1 = C, block_size = group) -> Conv     (w4a8, ONNX Runtime only)
   w4a8 (ONNX Runtime): com.microsoft MatMulNBits(bits 4, block = group, accuracy_level 4), whose
             int8 per-block dynamic activation quantization `numerics.dynamic_block_fake_quant` simulates.
 The full Q/DQ pattern around MatMul/Conv is what ONNX Runtime fuses to QLinearMatMul/QLinearConv,
@@ -35,7 +36,7 @@ MATMULNBITS_ACCURACY_LEVEL = 4  # int8 compute: activations quantized per block 
 def target_form(scheme) -> str:
     if not scheme.quantized:
         return FORM_FP16 if scheme.float_dtype == "float16" else FORM_FP32
-    return FORM_NBITS if scheme.act_mode == "dynamic" else FORM_QDQ
+    return FORM_NBITS if scheme.linear is not None and scheme.linear.act_mode == "dynamic" else FORM_QDQ
 
 
 class _QuantDequant(torch.autograd.Function):
@@ -102,21 +103,21 @@ class _ExportLayer(nn.Module):
 
     def __init__(self, layer: QuantLayer):
         super().__init__()
-        self.scheme = layer.scheme
+        self.spec = layer.spec
         self.name = layer.name
         self.bias = layer.module.bias  # the float parameter itself: shared, not copied
-        if self.scheme.static_activations:
+        if self.spec.static_activations:
             self.register_buffer("input_scale", layer.input_scale.detach().clone())
             if not torch.isfinite(self.input_scale):
                 raise QSchedError(f"layer {layer.name} has no calibrated input range", "calibrate this scheme first (qsched-export calibrate)")
-        if self.scheme.quantize_outputs:
+        if self.spec.quantize_outputs:
             self.register_buffer("output_scale", layer.output_scale.detach().clone())
 
     def _activation(self, x: torch.Tensor) -> torch.Tensor:
-        return _QuantDequant.apply(x, self.input_scale) if self.scheme.static_activations else x
+        return _QuantDequant.apply(x, self.input_scale) if self.spec.static_activations else x
 
     def _finish(self, y: torch.Tensor, bias_shape: tuple[int, ...]) -> torch.Tensor:
-        if self.scheme.quantize_outputs:
+        if self.spec.quantize_outputs:
             y = _QuantDequant.apply(y, self.output_scale)
         return y if self.bias is None else y + self.bias.view(bias_shape)
 
@@ -155,10 +156,12 @@ class ExportConv2d(_ExportLayer):
             raise QSchedError(f"layer {layer.name} uses padding={m.padding!r}, which is not exported", "keep it in float (skip list)")
         self.register_buffer("qweight", layer.quantized_weight())
         self.register_buffer("weight_scale", layer.weight_scale.detach().clone())
+        # Per output channel along axis 0, or blocks of input channels along axis 1 (int4).
+        self.axis, self.block_size = (1, layer.group_size) if layer.group_size else (0, 0)
         self.conv_args = (m.stride, m.padding, m.dilation, m.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _DequantizeWeight.apply(self.qweight, self.weight_scale, 0, 0)
+        weight = _DequantizeWeight.apply(self.qweight, self.weight_scale, self.axis, self.block_size)
         y = F.conv2d(self._activation(x), weight, None, *self.conv_args)
         return self._finish(y, (1, -1, 1, 1))
 
@@ -169,8 +172,6 @@ def swap_for_export(model: nn.Module, form: str) -> int:
     for name, layer in layers:
         if layer.mode != "quant":
             raise QSchedError(f"layer {name} is in {layer.mode!r} mode", "export a model in quant mode (set_mode(model, 'quant'))")
-        if isinstance(layer, QuantConv2d) and form == FORM_NBITS:
-            raise QSchedError(f"layer {name}: MatMulNBits has no Conv form", "keep Conv layers in float for w4a8")
         new = ExportConv2d(layer) if isinstance(layer, QuantConv2d) else ExportLinear(layer, form)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

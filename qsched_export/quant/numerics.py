@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 
 # Keys are the bits of the value range; 7 is int8 storage with a reduced range (see Scheme.reduce_range).
-QMAX = {8: 127, 7: 63, 4: 7}
-QMIN = {8: -128, 7: -64, 4: -8}
+# 6 and 3 exist for the study-only schemes (w8a6, w3a8) that show where quantization loss starts.
+QMAX = {8: 127, 7: 63, 6: 31, 4: 7, 3: 3}
+QMIN = {8: -128, 7: -64, 6: -32, 4: -8, 3: -4}
 # No scale may be 0 (ONNX and TensorRT require scale > 0): an all-zero channel gets this one.
 SCALE_FLOOR = 1e-12
 
@@ -44,22 +45,20 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _group(weight: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(out, in) -> (out, ceil(in / g), g), zero-padding the last group (zeros do not change amax)."""
-    out_features, in_features = weight.shape
-    pad = -in_features % group_size
+    """(out, in, *kernel) -> (out, ceil(in / g), g, *kernel), zero-padding the last block of input
+    features/channels (zeros do not change amax)."""
+    pad = -weight.shape[1] % group_size
     if pad:
-        weight = torch.nn.functional.pad(weight, (0, pad))
-    return weight.reshape(out_features, -1, group_size)
+        weight = torch.cat([weight, weight.new_zeros(weight.shape[0], pad, *weight.shape[2:])], dim=1)
+    return weight.reshape(weight.shape[0], -1, group_size, *weight.shape[2:])
 
 
 def weight_scale(weight: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
-    """Per-output-channel scales `(out,)`, or per (output channel, input group) `(out, ceil(in / g))`
-    for a 2-D weight `(out, in)` with `group_size`."""
+    """Per-output-channel scales `(out,)`, or with `group_size` one scale per output channel and
+    block of input features/channels: `(out, ceil(in / g), *kernel)` for a weight `(out, in, *kernel)`."""
     w = weight.detach().to(torch.float32)
     if group_size is None:
         return scale_from_amax(w.abs().reshape(w.shape[0], -1).amax(dim=1), bits)
-    if w.ndim != 2:
-        raise ValueError(f"group-wise scales need a 2-D weight, got shape {tuple(w.shape)}")
     return scale_from_amax(_group(w, group_size).abs().amax(dim=2), bits)
 
 
@@ -78,9 +77,11 @@ def fake_quant_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int, grou
     return fake_quant(weight.detach(), expand_weight_scale(scale, weight.shape, group_size), bits)
 
 
-def dynamic_block_fake_quant(x: torch.Tensor, block: int) -> torch.Tensor:
-    """int8 quantize-dequantize of the last dim in blocks of `block`, as MatMulNBits accuracy_level=4
-    quantizes its A input at run time (see the module docstring for the rule)."""
+def dynamic_block_fake_quant(x: torch.Tensor, block: int, bits: int = 8) -> torch.Tensor:
+    """Quantize-dequantize of the last dim in blocks of `block`, as MatMulNBits accuracy_level=4
+    quantizes its A input at run time (see the module docstring for the rule); `bits` < 8 only
+    for the study-only schemes."""
+    qmax = float(QMAX[bits])
     k = x.shape[-1]
     a = x.to(torch.float32).reshape(-1, k)
     pad = -k % block
@@ -88,8 +89,8 @@ def dynamic_block_fake_quant(x: torch.Tensor, block: int) -> torch.Tensor:
         a = torch.nn.functional.pad(a, (0, pad))
     a = a.reshape(a.shape[0], -1, block)
     amax = a.abs().amax(dim=2, keepdim=True)
-    scale = amax / 127.0
-    inv = torch.where(amax != 0, 127.0 / amax, torch.zeros_like(amax))
-    q = torch.round(a * inv).clamp_(-128, 127)
+    scale = amax / qmax
+    inv = torch.where(amax != 0, qmax / amax, torch.zeros_like(amax))
+    q = torch.round(a * inv).clamp_(QMIN[bits], QMAX[bits])
     out = (q * scale).reshape(a.shape[0], -1)[:, :k]
     return out.reshape(x.shape).to(x.dtype)

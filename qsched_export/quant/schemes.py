@@ -1,27 +1,37 @@
 """Quantization schemes: one frozen dataclass that calibration, export and the TensorRT contract
-checker all read, so no module re-derives bit-widths from flags.
+checker all read, so no module re-derives bit-widths from flags. A scheme says how Linear layers
+and how Conv2d layers are quantized (`LayerQuant` each; None = float), every one not on the
+skip list (modules.DEFAULT_SKIP_PATTERNS).
 
-What each scheme quantizes (Linear = every `nn.Linear` not on the skip list, Conv = every
-`nn.Conv2d` not on the skip list):
+| scheme | Linear                                          | Conv2d                                      |
+|--------|-------------------------------------------------|---------------------------------------------|
+| fp32   | float32                                         | float32                                     |
+| fp16   | float16 (done by export)                        | float16                                     |
+| w8a8   | int8 weights (7-bit range) per output channel;  | same                                        |
+|        | int8 static per-tensor inputs AND outputs       |                                             |
+| w4a8   | int4 weights, blocks of 32 along K; int8        | int4 weights, blocks of 64 input channels;  |
+|        | dynamic activations per row and block of 32     | float activations                           |
+|        | (ONNX Runtime MatMulNBits accuracy_level=4)     | (block DequantizeLinear -> Conv)            |
+| w8a16  | int8 weights per output channel                 | same                                        |
+| w4a16  | int4 weights, blocks of 32 along K; float       | int8 weights per output channel; int8       |
+|        | activations (TensorRT's INT4 weight-only form)  | static per-tensor inputs                    |
 
-| scheme | Linear weights            | Conv weights       | activations                                   |
-|--------|---------------------------|--------------------|-----------------------------------------------|
-| fp32   | float32                   | float32            | float32                                       |
-| fp16   | float16 (done by export)  | float16            | float16                                       |
-| w8a8   | int8 (7-bit range) per    | same               | int8 static per-tensor, inputs AND outputs    |
-|        | output channel            |                    |                                               |
-| w4a8   | int4, groups of 32 along K| float              | int8 dynamic, per row and block of 32 along K |
-|        |                           |                    | (ONNX Runtime MatMulNBits accuracy_level=4)   |
-| w8a16  | int8 per output channel   | int8 per out chan. | float                                         |
-| w4a16  | int4, groups of 32 along K| float              | float (TensorRT's INT4 weight-only form)      |
+The INT4 schemes differ in their Conv layers because the runtimes do: TensorRT takes INT4 only
+on 2-D weights feeding MatMul/Gemm, so its INT4 scheme runs Conv in INT8 (W8A8), while ONNX
+Runtime dequantizes a block-INT4 Conv weight to float, which shrinks the file 2x below INT8.
 
-Conv stays float in the INT4 schemes: TensorRT takes INT4 only on 2-D weights feeding
-MatMul/Gemm, and MatMulNBits is a MatMul, so there is no INT4 Conv kernel to match.
+Study-only schemes (calibration and the quality benchmark simulate them; `export` refuses them,
+as no ONNX Runtime or TensorRT kernel runs 3-bit weights or 6-bit activations). They show where
+quantization loss starts on a model that W8A8 and W4A8 do not hurt:
+
+| w3a8   | as w4a8 with int3 weights                       | as w4a8 with int3 weights                   |
+| w4a6   | as w4a8 with 6-bit dynamic activations          | as w4a8                                     |
+| w8a6   | as w8a8 with 6-bit static activations           | as w8a8 with 6-bit static activations       |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 from qsched_export.errors import QSchedError
 
@@ -30,72 +40,58 @@ TARGETS = ("tensorrt", "onnxruntime", "ort-mobile")
 
 
 @dataclass(frozen=True)
-class Scheme:
-    """A quantization scheme.
+class LayerQuant:
+    """How one kind of layer is quantized.
 
     Args:
-        name (`str`): the scheme's name, the key in qsched.json.
-        weight_bits (`int | None`): 8 or 4 (symmetric, zero point 0), or None for float weights.
-        weight_group_size (`int | None`): None = one scale per output channel; an int = one scale per
-            output channel and group of that many consecutive input features (int4 only).
-        act_bits (`int | None`): 8 for int8 activations, None for float activations.
+        weight_bits (`int`): 8, 4 or 3 (symmetric, zero point 0; 3 is study-only).
+        group_size (`int | None`): None = one scale per output channel; an int = one scale per
+            output channel and block of that many consecutive input features (Linear) or input
+            channels (Conv2d, per kernel position); int4 and int3 only.
+        act_bits (`int | None`): 8 for int8 activations (6 is study-only), None for float activations.
         act_mode (`str`): "static" (one calibrated per-tensor scale, zero point 0), "dynamic"
-            (computed at run time per row and block of `weight_group_size` input features, as ONNX
-            Runtime's MatMulNBits accuracy_level=4 kernel does) or "none".
-        quantize_outputs (`bool`): also fake-quantize each quantized layer's product (before the
-            bias is added) with a calibrated per-tensor scale, so the exporter's full Q/DQ pattern
-            fuses to QLinearMatMul/QLinearConv in ONNX Runtime.
-        include_conv (`bool`): quantize Conv2d layers too (with int8 weights).
+            (computed at run time per row and block of `group_size` input features, as ONNX
+            Runtime's MatMulNBits accuracy_level=4 kernel does; Linear only) or "none".
+        quantize_outputs (`bool`): also fake-quantize the layer's product (before the bias is
+            added) with a calibrated per-tensor scale, so the exporter's full Q/DQ pattern fuses to
+            QLinearMatMul/QLinearConv in ONNX Runtime.
         reduce_range (`bool`): int8 weights use 7 bits ([-64, 63], scale amax / 63). ONNX Runtime's
             fused int8 kernels on x86 without VNNI (AVX2: VPMADDUBSW) add pairs of u8 x s8 products
             in int16, which saturates with full-range weights: measured on this AVX2 machine, a
             48->32 Linear fused to QLinearMatMul was off by up to 31 output steps on 24% of the
             outputs with full-range weights and bit-exact with 7-bit weights. TensorRT takes any
             symmetric int8 values, so one reduced-range calibration serves both targets.
-        float_dtype (`str`): the float type of everything not quantized ("float32" or "float16").
     """
 
-    name: str
-    weight_bits: int | None = None
-    weight_group_size: int | None = None
+    weight_bits: int
+    group_size: int | None = None
     act_bits: int | None = None
     act_mode: str = "none"
     quantize_outputs: bool = False
-    include_conv: bool = False
     reduce_range: bool = False
-    float_dtype: str = "float32"
 
-    def __post_init__(self):
-        if self.weight_bits not in (None, 4, 8):
-            raise QSchedError(f"scheme {self.name}: weight_bits must be 4, 8 or None, got {self.weight_bits}", "use 4 or 8")
-        if self.weight_bits == 4 and self.weight_group_size is None:
-            raise QSchedError(f"scheme {self.name}: int4 weights need a weight_group_size", "use weight_group_size=32")
-        if self.weight_group_size is not None and (self.weight_group_size < 16 or self.weight_group_size & (self.weight_group_size - 1)):
-            raise QSchedError(f"scheme {self.name}: weight_group_size must be a power of two >= 16, got {self.weight_group_size}", "use 32")
+    def check(self, where: str) -> None:
+        if self.weight_bits not in (3, 4, 8):
+            raise QSchedError(f"{where}: weight_bits must be 3, 4 or 8, got {self.weight_bits}", "use 4 or 8")
+        if self.weight_bits in (3, 4) and self.group_size is None:
+            raise QSchedError(f"{where}: int{self.weight_bits} weights need a group_size", "use group_size=32")
+        if self.group_size is not None and (self.group_size < 16 or self.group_size & (self.group_size - 1)):
+            raise QSchedError(f"{where}: group_size must be a power of two >= 16, got {self.group_size}", "use 32")
         if self.act_mode not in ACT_MODES:
-            raise QSchedError(f"scheme {self.name}: act_mode must be one of {', '.join(ACT_MODES)}, got {self.act_mode!r}", "pick one of them")
+            raise QSchedError(f"{where}: act_mode must be one of {', '.join(ACT_MODES)}, got {self.act_mode!r}", "pick one of them")
         if (self.act_bits is None) != (self.act_mode == "none"):
-            raise QSchedError(f"scheme {self.name}: act_bits={self.act_bits} does not fit act_mode={self.act_mode!r}", "use act_bits=8 with static/dynamic, None with none")
-        if self.act_bits not in (None, 8):
-            raise QSchedError(f"scheme {self.name}: act_bits must be 8 or None, got {self.act_bits}", "use 8")
-        if self.act_mode == "dynamic" and self.weight_group_size is None:
-            raise QSchedError(f"scheme {self.name}: dynamic activations are quantized per block of weight_group_size", "set weight_group_size")
+            raise QSchedError(f"{where}: act_bits={self.act_bits} does not fit act_mode={self.act_mode!r}", "use act_bits=8 with static/dynamic, None with none")
+        if self.act_bits not in (None, 6, 8):
+            raise QSchedError(f"{where}: act_bits must be 8, 6 or None, got {self.act_bits}", "use 8")
+        if self.act_mode == "dynamic" and self.group_size is None:
+            raise QSchedError(f"{where}: dynamic activations are quantized per block of group_size", "set group_size")
         if self.quantize_outputs and self.act_mode != "static":
-            raise QSchedError(f"scheme {self.name}: output quantizers need static activation scales", "use act_mode='static'")
-        if self.include_conv and self.weight_bits != 8:
-            raise QSchedError(f"scheme {self.name}: Conv layers are quantized only with int8 weights", "set include_conv=False")
+            raise QSchedError(f"{where}: output quantizers need static activation scales", "use act_mode='static'")
         if self.reduce_range and self.weight_bits != 8:
-            raise QSchedError(f"scheme {self.name}: reduce_range applies to int8 weights only", "set reduce_range=False")
-        if self.float_dtype not in ("float32", "float16"):
-            raise QSchedError(f"scheme {self.name}: float_dtype must be float32 or float16", "pick one of them")
+            raise QSchedError(f"{where}: reduce_range applies to int8 weights only", "set reduce_range=False")
 
     @property
-    def quantized(self) -> bool:
-        """Whether the scheme changes any layer (fp32/fp16 do not: they need no calibration of ranges)."""
-        return self.weight_bits is not None
-
-    @property
-    def weight_qbits(self) -> int | None:
+    def weight_qbits(self) -> int:
         """The bits of the weight value range (7 with reduce_range): the key of numerics.QMAX."""
         return 7 if self.reduce_range else self.weight_bits
 
@@ -103,19 +99,80 @@ class Scheme:
     def static_activations(self) -> bool:
         return self.act_mode == "static"
 
+    @property
+    def exportable(self) -> bool:
+        return self.weight_bits in (4, 8) and self.act_bits in (None, 8)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A quantization scheme: its name (the key in qsched.json), how Linear and Conv2d layers are
+    quantized (None = float) and the float type of everything else ("float32" or "float16")."""
+
+    name: str
+    linear: LayerQuant | None = None
+    conv: LayerQuant | None = None
+    float_dtype: str = "float32"
+
+    def __post_init__(self):
+        for kind, spec in (("Linear", self.linear), ("Conv2d", self.conv)):
+            if spec is not None:
+                spec.check(f"scheme {self.name} ({kind})")
+        if self.conv is not None and self.conv.act_mode == "dynamic":
+            raise QSchedError(f"scheme {self.name}: dynamic activations exist for Linear layers only (MatMulNBits)", "use static or none for Conv2d")
+        if self.float_dtype not in ("float32", "float16"):
+            raise QSchedError(f"scheme {self.name}: float_dtype must be float32 or float16", "pick one of them")
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the scheme changes any layer (fp32/fp16 do not: they need no calibration of ranges)."""
+        return self.linear is not None or self.conv is not None
+
+    @property
+    def layers(self) -> tuple[LayerQuant, ...]:
+        return tuple(spec for spec in (self.linear, self.conv) if spec is not None)
+
+    @property
+    def weight_bits(self) -> int | None:
+        """What `--bits` calls the scheme: the Linear weights' bits (None for float schemes)."""
+        return None if self.linear is None else self.linear.weight_bits
+
+    @property
+    def static_activations(self) -> bool:
+        """Whether any layer needs calibrated activation ranges."""
+        return any(spec.static_activations for spec in self.layers)
+
+    @property
+    def block_weights(self) -> bool:
+        """Whether any weight is stored in blocks (needs opset 21's blocked DequantizeLinear)."""
+        return any(spec.group_size is not None for spec in self.layers)
+
+    @property
+    def exportable(self) -> bool:
+        """Whether ONNX Runtime / TensorRT have kernels for it (the study schemes w3a8, w4a6, w8a6 do not)."""
+        return all(spec.exportable for spec in self.layers)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "weight_bits": self.weight_bits, "weight_group_size": self.weight_group_size, "act_bits": self.act_bits,
-                "act_mode": self.act_mode, "quantize_outputs": self.quantize_outputs, "include_conv": self.include_conv, "reduce_range": self.reduce_range,
-                "float_dtype": self.float_dtype}
+        return {"name": self.name, "weight_bits": self.weight_bits, "float_dtype": self.float_dtype,
+                "linear": None if self.linear is None else asdict(self.linear), "conv": None if self.conv is None else asdict(self.conv)}
 
 
+_W8A8 = LayerQuant(8, act_bits=8, act_mode="static", quantize_outputs=True, reduce_range=True)
+_W4_DYNAMIC_A8 = LayerQuant(4, group_size=32, act_bits=8, act_mode="dynamic")
+_W4_WEIGHT_ONLY = LayerQuant(4, group_size=32)
+# Conv blocks of 64 input channels: float32 scales cost 4 bytes per block, 25% of the packed int4
+# at 32 (which left SD1.5's w4a8 at 0.159x of FP32); 64 gives 0.148x. Conv is ~70% of its weights.
+_W4_CONV = LayerQuant(4, group_size=64)
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("fp32"),
     Scheme("fp16", float_dtype="float16"),
-    Scheme("w8a8", weight_bits=8, act_bits=8, act_mode="static", quantize_outputs=True, include_conv=True, reduce_range=True),
-    Scheme("w4a8", weight_bits=4, weight_group_size=32, act_bits=8, act_mode="dynamic"),
-    Scheme("w8a16", weight_bits=8, include_conv=True),
-    Scheme("w4a16", weight_bits=4, weight_group_size=32),
+    Scheme("w8a8", linear=_W8A8, conv=_W8A8),
+    Scheme("w4a8", linear=_W4_DYNAMIC_A8, conv=_W4_CONV),
+    Scheme("w8a16", linear=LayerQuant(8), conv=LayerQuant(8)),
+    Scheme("w4a16", linear=_W4_WEIGHT_ONLY, conv=LayerQuant(8, act_bits=8, act_mode="static")),
+    Scheme("w3a8", linear=replace(_W4_DYNAMIC_A8, weight_bits=3), conv=replace(_W4_CONV, weight_bits=3)),
+    Scheme("w4a6", linear=replace(_W4_DYNAMIC_A8, act_bits=6), conv=_W4_CONV),
+    Scheme("w8a6", linear=replace(_W8A8, act_bits=6), conv=replace(_W8A8, act_bits=6)),
 )}
 
 # `--bits` per target: TensorRT takes INT4 only as weight-only (w4a16); ONNX Runtime runs

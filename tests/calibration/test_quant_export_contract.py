@@ -85,7 +85,8 @@ def test_full_range_int8_weights_saturate_in_fused_ort_kernels():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(48, 32))
     x = torch.randn(4, 10, 48)
-    quantize_model(net, dataclasses.replace(get_scheme("w8a8"), name="w8a8-full", reduce_range=False))
+    w8a8 = get_scheme("w8a8")
+    quantize_model(net, dataclasses.replace(w8a8, name="w8a8-full", linear=dataclasses.replace(w8a8.linear, reduce_range=False)))
     with observe_ranges(net), torch.no_grad():
         net(x)
     with torch.no_grad():

@@ -95,7 +95,8 @@ def test_overwrite_replaces_the_folder_atomically(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,needle", [({"steps": 0}, "steps must be >= 1"), ({"batch": 0}, "batch must be >= 1"),
-                                           ({"opset": 16}, "opset 16 is not supported"), ({"scheme": "w3a8"}, "unknown scheme")])
+                                           ({"opset": 16}, "opset 16 is not supported"), ({"scheme": "w2a2"}, "unknown scheme"),
+                                           ({"scheme": "w3a8"}, "w3a8 is a study-only simulation"), ({"scheme": "w8a6"}, "w8a6 is a study-only")])
 def test_config_validation(tmp_path, kwargs, needle):
     from qsched_export.errors import QSchedError
     from qsched_export.export import ExportConfig

@@ -55,5 +55,6 @@ def test_default_opsets():
     from qsched_export.export.onnx_io import default_opset
     from qsched_export.quant import SCHEMES
 
-    assert {name: default_opset(s) for name, s in SCHEMES.items()} == {
+    # w4a16 has static int8 activations (its Conv) but needs 21 for its INT4 blocks.
+    assert {name: default_opset(s) for name, s in SCHEMES.items() if s.exportable} == {
         "fp32": 21, "fp16": 21, "w8a8": 20, "w4a8": 21, "w8a16": 21, "w4a16": 21}

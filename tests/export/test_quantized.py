@@ -74,25 +74,36 @@ def test_w8a8_graph_structure(artifact):
     assert load_manifest(folder).opset == 20
 
 
+def _blocked_dq(model, axis: int, block: int) -> list:
+    return [n for n in model.graph.node if n.op_type == "DequantizeLinear" and {a.name: a.i for a in n.attribute} == {"axis": axis, "block_size": block}]
+
+
 def test_w4_graph_structure(artifact):
+    """TensorRT's INT4 form: Linear INT4 blocks along K (axis 0), Conv INT8 per channel with an
+    activation Q/DQ; ONNX Runtime's: MatMulNBits, and Conv INT4 blocks of 64 input channels (axis 1)."""
     folder16 = artifact(QUANT_FAMILY, "w4a16")
     model = onnx.load(str(folder16 / "denoise.onnx"))
-    linear = _quantized_layers(folder16)  # Linear only: the INT4 schemes keep Conv in float
+    layers = _quantized_layers(folder16)
     inits = {t.name: t for t in model.graph.initializer}
-    blocked = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "block_size" and a.i == 32 for a in n.attribute)]
-    assert len(blocked) == linear * STEPS
-    assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    int4 = {n.input[0] for n in blocked}
-    assert len(int4) == linear and all(inits[name].data_type == onnx.TensorProto.INT4 for name in int4)
+    linear = _blocked_dq(model, axis=0, block=32)
+    conv_weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) == 4}
+    n_linear, n_conv = len({n.input[0] for n in linear}), len(conv_weights)
+    assert n_linear > 0 and n_conv > 0 and n_linear + n_conv == layers
+    assert len(linear) == n_linear * STEPS and all(inits[n.input[0]].data_type == onnx.TensorProto.INT4 for n in linear)
+    assert all(inits[name].data_type == onnx.TensorProto.INT8 for name in conv_weights)
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) == n_conv * STEPS  # Conv inputs only
     assert model.opset_import[0].version == 21
 
     folder8 = artifact(QUANT_FAMILY, "w4a8")
     model = onnx.load(str(folder8 / "denoise.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == linear * STEPS
+    assert len(nbits) == n_linear * STEPS
     attrs = {a.name: a.i for a in nbits[0].attribute}
     assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
-    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    conv = _blocked_dq(model, axis=1, block=64)
+    assert len(conv) == n_conv * STEPS and all(inits[n.input[0]].data_type == onnx.TensorProto.INT4 and len(inits[n.input[0]].dims) == 4 for n in conv)
+    assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
 
 def test_ort_fuses_int8_kernels(artifact, tmp_path):
@@ -100,7 +111,7 @@ def test_ort_fuses_int8_kernels(artifact, tmp_path):
     model). w8a8 stores 7-bit weights (reduce_range): ORT's u8s8 kernels on x86 without VNNI add
     pairs of products in int16 (VPMADDUBSW), which saturates with full-range int8 weights."""
     folder = artifact(QUANT_FAMILY, "w8a8")
-    assert load_manifest(folder).scheme["reduce_range"] is True
+    assert load_manifest(folder).scheme["linear"]["reduce_range"] is True
     _run_denoise(folder, optimized=tmp_path / "opt.onnx")
     ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
     assert {"QLinearMatMul", "QLinearConv"} <= ops, ops
