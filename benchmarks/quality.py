@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from calibration.api import CalibrationConfig, prepare  # noqa: E402
 from calibration.jaq import JAQ  # noqa: E402
-from calibration.judges import load_clip  # noqa: E402
+from calibration.judges import ANTONYMS, load_clip  # noqa: E402
 from benchmarks.image_grid import save_image_grid  # noqa: E402
 from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
 from calibration.smoothquant import DEFAULT_ALPHA, applies_to, smoothquant_unet  # noqa: E402
@@ -92,7 +92,7 @@ class Scorer:
 
             self.fid = InceptionFID(inception_weights, real, device)
         self.text = self._batched(lambda s: self.judge.text_features(prompts[s]), len(prompts))
-        self.iqa_text = self.judge.text_features(["Good photo.", "Bad photo."])
+        self.iqa_text = self.judge.text_features(list(ANTONYMS))
 
     def _batched(self, fn, n, size=256):
         with torch.no_grad():

@@ -8,8 +8,10 @@ qsched.json (calibrated first if missing) -> export -> build the target -> check
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,12 +68,17 @@ def _coefficients_file(model: str | None, coeffs: Path | None, scheme: str, step
     return target, steps or read_qsched(target).steps, None
 
 
-def _export_config(out: Path, model: str | None, scheme: str, calibration: tuple[Path | None, int, float | None], opset: int | None):
-    from qsched_export.export import ExportConfig
+@contextlib.contextmanager
+def _exported(out: Path, model: str | None, scheme: str, calibration: tuple[Path | None, int, float | None], opset: int | None) -> Iterator[Path]:
+    """Export into a scratch folder beside `out` (same filesystem, removed on exit) and yield the artifact."""
+    from qsched_export.export import ExportConfig, export_artifact
 
     coeffs, steps, guidance = calibration
-    return ExportConfig(out=out, model=model, scheme=scheme, coeffs=coeffs, steps=steps, guidance_scale=guidance,
-                        **({"opset": opset} if opset is not None else {}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as scratch:
+        config = ExportConfig(out=Path(scratch) / "onnx", model=model, scheme=scheme, coeffs=coeffs, steps=steps, guidance_scale=guidance,
+                              **({"opset": opset} if opset is not None else {}))
+        yield export_artifact(config, progress=lambda msg: console.print(f"[dim]  {msg}[/]", highlight=False))
 
 
 def _finish(out: Path, check: bool, provider: str, prompt: str | None, seed: int) -> bool:
@@ -133,7 +140,6 @@ def build(
             console.print(f"building [bold]{target}[/] from {from_bundle}: scheme [bold]{scheme}[/], {manifest.steps} steps", highlight=False)
             build_target(from_bundle, replace(options, out_dir=out, overwrite=overwrite))
         else:
-            from qsched_export.export import export_artifact
             from qsched_export.quant import scheme_for
 
             note_default_model(model)
@@ -146,11 +152,8 @@ def build(
                 import_tensorrt()  # before a long export: say now that it cannot be built here
             console.print(f"building [bold]{target}[/] with scheme [bold]{scheme.name}[/] ({_describe(scheme)})", highlight=False)
             calibration = _coefficients_file(model, coeffs, scheme.name, steps)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as scratch:
-                start = time.perf_counter()
-                artifact = export_artifact(_export_config(Path(scratch) / "onnx", model, scheme.name, calibration, opset),
-                                           progress=lambda msg: console.print(f"[dim]  {msg}[/]", highlight=False))
+            start = time.perf_counter()
+            with _exported(out, model, scheme.name, calibration, opset) as artifact:
                 console.print(f"[dim]exported in {time.perf_counter() - start:.1f} s (coefficients: {calibration[0] or 'all ones'})[/]", highlight=False)
                 build_target(artifact, replace(options, out_dir=out, overwrite=overwrite))
         console.print(f"built {out}", highlight=False)
@@ -163,14 +166,14 @@ def _describe(scheme) -> str:
     def layer(kind: str, spec) -> str:
         if spec is None:
             return f"{kind} {scheme.float_dtype}"
-        acts = {"static": "static", "dynamic": "dynamic", "none": "float"}[spec.act_mode]
-        return f"{kind} int{spec.weight_bits} weights, {acts}{'' if spec.act_bits is None else f' int{spec.act_bits}'} activations"
+        acts = "float" if spec.act_bits is None else f"{spec.act_mode} int{spec.act_bits}"
+        return f"{kind} int{spec.weight_bits} weights, {acts} activations"
     return f"{layer('Linear', scheme.linear)}; {layer('Conv', scheme.conv)}"
 
 
 def bundle(
     target: str = typer.Option("tensorrt", "--target", help="Only tensorrt: engines must be built on the device."),
-    bits: int = typer.Option(8, "--bits", help="8 = w8a8, 4 = w4a16 (INT4 weight-only), 16 = fp16, 32 = fp32."),
+    bits: int = typer.Option(8, "--bits", help="8 = w8a8, 4 = w4a16 (INT4 weight-only Linear, INT8 Conv), 16 = fp16, 32 = fp32."),
     model: str | None = typer.Option(None, "--model", help="diffusers folder or hub id (default: the embedded sample)."),
     coeffs: Path | None = typer.Option(None, "--coeffs", help="qsched.json (calibrated first if the scheme is missing)."),
     steps: int | None = typer.Option(None, "--steps", help="Sampler steps (default: the qsched.json's, else 4)."),
@@ -196,7 +199,6 @@ def bundle(
             refuse_existing(out, overwrite)
             make_bundle(from_artifact, out, bits=bits, overwrite=overwrite, workspace_mib=workspace_mib, builder_optimization_level=builder_level)
         else:
-            from qsched_export.export import export_artifact
             from qsched_export.quant import scheme_for
 
             note_default_model(model)
@@ -205,10 +207,7 @@ def bundle(
             refuse_existing(out, overwrite)
             console.print(f"bundling [bold]tensorrt[/] with scheme [bold]{scheme.name}[/] ({_describe(scheme)})", highlight=False)
             calibration = _coefficients_file(model, coeffs, scheme.name, steps)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as scratch:
-                artifact = export_artifact(_export_config(Path(scratch) / "onnx", model, scheme.name, calibration, opset),
-                                           progress=lambda msg: console.print(f"[dim]  {msg}[/]", highlight=False))
+            with _exported(out, model, scheme.name, calibration, opset) as artifact:
                 make_bundle(artifact, out, bits=bits, overwrite=overwrite, workspace_mib=workspace_mib, builder_optimization_level=builder_level)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     console.print(f"wrote bundle {out}: {', '.join(files)}", highlight=False)

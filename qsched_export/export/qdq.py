@@ -127,24 +127,24 @@ class ExportLinear(_ExportLayer):
         super().__init__(layer)
         qweight = layer.quantized_weight()
         self.form = form
-        self.group_size = layer.group_size
+        group = self.spec.group_size
         if form == FORM_NBITS:
-            self.register_buffer("packed_weight", pack_matmulnbits(qweight, self.group_size))
+            self.register_buffer("packed_weight", pack_matmulnbits(qweight, group))
             self.register_buffer("nbits_scales", layer.weight_scale.detach().reshape(-1).clone())
-            self.nbits_shape = (qweight.shape[1], qweight.shape[0], self.group_size)
+            self.nbits_shape = (qweight.shape[1], qweight.shape[0], group)
         else:
             # MatMul takes B as (K, N): store the transposed int weight, scales along N (axis 1)
             # per channel, or (ceil(K/g), N) blocked along K (axis 0) for int4.
             self.register_buffer("qweight", qweight.t().contiguous())
             self.register_buffer("weight_scale", layer.weight_scale.detach().t().contiguous())
-            self.axis = 0 if self.group_size else 1
+            self.axis, self.block_size = (0, group) if group else (1, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._activation(x)
         if self.form == FORM_NBITS:
             y = _MatMulNBits.apply(x, self.packed_weight, self.nbits_scales, *self.nbits_shape)
         else:
-            y = torch.matmul(x, _DequantizeWeight.apply(self.qweight, self.weight_scale, self.axis, self.group_size or 0))
+            y = torch.matmul(x, _DequantizeWeight.apply(self.qweight, self.weight_scale, self.axis, self.block_size))
         return self._finish(y, (-1,))
 
 
@@ -157,7 +157,7 @@ class ExportConv2d(_ExportLayer):
         self.register_buffer("qweight", layer.quantized_weight())
         self.register_buffer("weight_scale", layer.weight_scale.detach().clone())
         # Per output channel along axis 0, or blocks of input channels along axis 1 (int4).
-        self.axis, self.block_size = (1, layer.group_size) if layer.group_size else (0, 0)
+        self.axis, self.block_size = (1, self.spec.group_size) if self.spec.group_size else (0, 0)
         self.conv_args = (m.stride, m.padding, m.dilation, m.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,6 @@ class QuantLayer(nn.Module):
         self.input_amax: float | None = None
         self.output_amax: float | None = None
         group, bits = self.spec.group_size, self.spec.weight_qbits
-        self.group_size = group
         self.register_buffer("weight_scale", numerics.weight_scale(module.weight, bits, group))
         self.register_buffer("_weight_dq", numerics.fake_quant_weight(module.weight, self.weight_scale, bits, group), persistent=False)
         if self.spec.static_activations:
@@ -79,7 +78,7 @@ class QuantLayer(nn.Module):
 
     # -- what the exporter reads ---------------------------------------------------------------
     def quantized_weight(self) -> torch.Tensor:
-        return numerics.quantize_weight(self.module.weight, self.weight_scale, self.spec.weight_qbits, self.group_size)
+        return numerics.quantize_weight(self.module.weight, self.weight_scale, self.spec.weight_qbits, self.spec.group_size)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self._weight_dq
