@@ -13,6 +13,7 @@ With `--inception-weights`, also the true FID (Inception-v3, 2048 features) of e
 the real renders; without it the JSON says why it was not computed.
 
     python benchmarks/quality.py --device cuda --prompts 1024 --seeds 2 --out benchmarks/results/quality.json
+    python benchmarks/quality.py ... --steps 8 --append --out benchmarks/results/quality.json  # a later session adds 8 steps
 
 Writes JSON (read by benchmarks/report.py) and an image grid; prints a table.
 """
@@ -138,12 +139,16 @@ def main() -> None:
                         "adds the true FID per row, at about one 2048x2048 eigendecomposition per row and seed")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid-png", type=Path, help="image grid of FP32 / naive / Q-Sched for a few prompts")
+    p.add_argument("--append", action="store_true",
+                   help="add this run's step counts to the rows already in --out (same prompts, seeds, guidance, grid): one table from "
+                        "several device sessions")
     args = p.parse_args()
     if args.inception_weights is not None and not args.inception_weights.is_file():
         p.error(f"--inception-weights {args.inception_weights} is not a file")
     if not 0 <= args.smoothquant_alpha <= 1:  # smooth_linears checks it too, but only after the FP32 rows
         p.error(f"--smoothquant-alpha must be in [0, 1], got {args.smoothquant_alpha}")
 
+    previous = _previous_runs(args) if args.append else None
     started = time.perf_counter()
     device = torch.device(args.device)
     specs = scenes.heldout_specs(args.prompts, seed=7)
@@ -151,6 +156,9 @@ def main() -> None:
     scorer = Scorer(specs, prompts, device, args.inception_weights)
     results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "runs": []}
+    if previous is not None:
+        results["config"]["steps"] = sorted(set(previous["config"]["steps"]) | set(args.steps))
+        results["runs"] = [r for r in previous["runs"] if r["steps"] not in args.steps]
     if args.inception_weights is not None:
         results["fid"] = {"computed": True, "feature": 2048, "weights": str(args.inception_weights), "images_per_value": args.prompts,
                           "against": "real renders of the held-out scenes (scenes.render_tensors), one value per seed"}
@@ -215,9 +223,26 @@ def main() -> None:
             for g in args.guidance_sweep:
                 if g != args.guidance:
                     record("fp32 guidance sweep", steps, g, fp32_unet, None)
-    results["seconds"] = time.perf_counter() - started
+    results["seconds"] = time.perf_counter() - started + (previous["seconds"] if previous else 0)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"done in {results['seconds']:.0f}s -> {args.out}")
+
+
+# The settings rows of one table must share; steps, schemes and what else a run adds may differ.
+_SHARED = ("prompts", "seeds", "guidance", "grid", "batch", "calib_batch", "smoothquant_alpha", "inception_weights")
+
+
+def _previous_runs(args) -> dict:
+    if not args.out.is_file():
+        sys.exit(f"error: --append needs an existing --out file, {args.out} is missing; drop --append for a new table")
+    previous = json.loads(args.out.read_text())
+    if "seconds" not in previous:
+        sys.exit(f"error: {args.out} is a run that was cut short; rerun its step counts instead of appending to it")
+    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    differ = [k for k in _SHARED if previous["config"].get(k) != now[k]]
+    if differ:
+        sys.exit(f"error: --append to {args.out} with different {', '.join(differ)}; use its settings or a new --out")
+    return previous
 
 
 def save_grid(sampler, fp32_unet, quant_unet, scheme, qs, steps, guidance, path: Path, n: int = 8) -> None:

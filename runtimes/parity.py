@@ -1,7 +1,7 @@
 """Parity of a built artifact against the PyTorch references stored in its golden file.
 
-The artifact runs on the golden inputs (token ids, initial latent, per-step noise); its final
-latent and image are compared with the PyTorch FP32 output and with the PyTorch fake-quant
+The artifact runs on the golden inputs (token ids, initial latent, per-step noise); its latent
+after the first step, final latent and image are compared with the PyTorch FP32 output and with the PyTorch fake-quant
 output (the same scales the graph carries). Statistics: max, mean and p99 absolute error,
 cosine similarity and PSNR. Thresholds depend on how the scheme is written in the graph
 (`manifest.target_form`) and on the reference: tight where the artifact computes the same
@@ -23,7 +23,7 @@ from runtimes.files import atomic_file
 from runtimes.manifest import ArtifactError
 
 PARITY_FILE = "parity.json"
-OUTPUTS = ("final_latents", "image")
+OUTPUTS = ("first_latents", "final_latents", "image")
 REFERENCES = ("fp32", "fakequant")
 INPUTS = ("input_ids", "latents", "noise")
 
@@ -77,22 +77,33 @@ class Threshold:
 
 
 # (target_form, reference) -> output -> threshold. FP32 graphs must reproduce PyTorch FP32
-# to float rounding (the exporter's own bar is 1e-4 on the latent); Q/DQ graphs must reproduce
-# the fake-quant reference (same scales; one int8 rounding flip per tensor is allowed for);
-# against FP32 a quantized graph only has to stay recognisably the same image.
+# to float rounding (the exporter's own bar is 1e-4 on the latent); quantized graphs must
+# reproduce the fake-quant reference (same scales); against FP32 they only have to stay
+# recognisably the same image (their distance to FP32 is the quantization error itself).
+#
+# Quantized graphs are held tightly on `first_latents`, loosely on the final latent and image.
+# Activation rounding is discontinuous: a float-order difference (ORT's fused int8 kernels
+# requantize from int32 accumulators) flips single roundings by one step, and the later sampler
+# steps can amplify that into another image. Measured on the embedded sample, w8a8, 4 TCD steps,
+# 16 noise seeds, ORT CPU vs fake-quant: first_latents cosine >= 0.99990 for every seed, final
+# latent 0.9658 to 0.9992, and PyTorch's own fake-quant in float64 lands as far (0.939) from its
+# float32 run. w4a16 (qdq): first >= 0.99998, final >= 0.9962; w4a8 (MatMulNBits): first
+# >= 0.9999995, final >= 0.9983. A wrong constant, scale or coefficient moves the first step far
+# more than that: it is the gate; the final-latent and image bounds catch only gross failures.
+_FP32 = {"first_latents": Threshold(max_abs=1e-4, min_cosine=0.99999), "final_latents": Threshold(max_abs=1e-4, min_cosine=0.99999),
+         "image": Threshold(max_abs=1e-3, min_psnr_db=60)}
 THRESHOLDS: dict[tuple[str, str], dict[str, Threshold]] = {
-    ("fp32", "fp32"): {"final_latents": Threshold(max_abs=1e-4, min_cosine=0.99999), "image": Threshold(max_abs=1e-3, min_psnr_db=60)},
-    ("fp16", "fakequant"): {"final_latents": Threshold(min_cosine=0.9999), "image": Threshold(min_psnr_db=40)},
-    ("fp16", "fp32"): {"final_latents": Threshold(min_cosine=0.999), "image": Threshold(min_psnr_db=35)},
-    # Activation rounding is discontinuous: a float-order difference (ORT's fused int8 kernels
-    # requantize from int32 accumulators) flips single roundings by one step, as large as the
-    # quantization noise itself, and 4 sampler steps compound them. Measured on the embedded
-    # sample, w8a8, 4 TCD steps: exact (unfused) Q/DQ vs fake-quant cosine 0.99947, fused
-    # 0.99877, while fake-quant vs FP32 is 0.99952. Hence 0.998 on the latent, and PSNR on the image.
-    ("qdq", "fakequant"): {"final_latents": Threshold(min_cosine=0.998), "image": Threshold(min_psnr_db=30)},
-    ("qdq", "fp32"): {"final_latents": Threshold(min_cosine=0.9), "image": Threshold(min_psnr_db=15)},
-    ("matmulnbits", "fakequant"): {"final_latents": Threshold(min_cosine=0.995), "image": Threshold(min_psnr_db=25)},
-    ("matmulnbits", "fp32"): {"final_latents": Threshold(min_cosine=0.9), "image": Threshold(min_psnr_db=15)},
+    ("fp32", "fp32"): _FP32,
+    ("fp16", "fakequant"): {"first_latents": Threshold(min_cosine=0.9999), "final_latents": Threshold(min_cosine=0.9999),
+                            "image": Threshold(min_psnr_db=40)},
+    ("fp16", "fp32"): {"first_latents": Threshold(min_cosine=0.999), "final_latents": Threshold(min_cosine=0.999), "image": Threshold(min_psnr_db=35)},
+    ("qdq", "fakequant"): {"first_latents": Threshold(min_cosine=0.9995), "final_latents": Threshold(min_cosine=0.95),
+                           "image": Threshold(min_psnr_db=20)},
+    ("qdq", "fp32"): {"first_latents": Threshold(min_cosine=0.9), "final_latents": Threshold(min_cosine=0.9), "image": Threshold(min_psnr_db=15)},
+    ("matmulnbits", "fakequant"): {"first_latents": Threshold(min_cosine=0.9999), "final_latents": Threshold(min_cosine=0.995),
+                                   "image": Threshold(min_psnr_db=25)},
+    ("matmulnbits", "fp32"): {"first_latents": Threshold(min_cosine=0.9), "final_latents": Threshold(min_cosine=0.9),
+                              "image": Threshold(min_psnr_db=15)},
 }
 
 
@@ -195,7 +206,8 @@ def check_artifact(artifact_dir: str | Path, providers: list[str] | tuple[str, .
     start = time.perf_counter()
     out = pipe.run(golden["input_ids"], golden["latents"], golden.get("noise"))
     seconds = time.perf_counter() - start
-    comparisons = compare_outputs({"final_latents": out.final_latents, "image": out.image}, golden, pipe.manifest.target_form)
+    comparisons = compare_outputs({"first_latents": out.first_latents, "final_latents": out.final_latents, "image": out.image}, golden,
+                                  pipe.manifest.target_form)
     report = ParityReport(pipe.description, pipe.manifest.target_form, str(pipe.manifest.scheme.get("name", "?")), tuple(comparisons), seconds)
     if write:
         write_report(root / PARITY_FILE, report)

@@ -4,9 +4,10 @@ denoise -> VAE decoder -> PNG, each graph on an explicit `Runner`.
 Wiring (the exporter's contract): the text encoder takes `input_ids` `[2B|B, L]` (negative
 prompt first with classifier-free guidance) and its first output is the `context` of
 `denoise`, which also takes `latents` `[B,C,h,w]` and, for stochastic samplers, `noise`
-`[K,B,C,h,w]`, and returns `final_latents`; the VAE decoder maps them to `image` `[B,3,H,W]`
-in [0, 1]. A fused artifact has one `pipeline` graph from `input_ids`, `latents` (and `noise`)
-to `image`.
+`[K,B,C,h,w]`, and returns `final_latents` (and `first_latents`, the latent after the first
+step, for the parity check); the VAE decoder maps them to `image` `[B,3,H,W]` in [0, 1]. A fused
+artifact has one `pipeline` graph from `input_ids`, `latents` (and `noise`) to `image` (and
+`first_latents`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ STAGES = ("text_encoder", "denoise", "vae_decoder")
 class PipelineOutput:
     final_latents: np.ndarray | None  # None for a fused graph that returns the image only
     image: np.ndarray  # [B, 3, H, W] float in [0, 1]
+    first_latents: np.ndarray | None = None  # the latent after the first step
 
 
 class Text2ImagePipeline:
@@ -73,13 +75,14 @@ class Text2ImagePipeline:
         if self.manifest.fused:
             runner = self.runners["pipeline"]
             out = runner.run(_pick(runner, {"input_ids": input_ids, **draws}))
-            return PipelineOutput(out.get("final_latents"), out["image"])
+            return PipelineOutput(out.get("final_latents"), out["image"], out.get("first_latents"))
         text = self.runners["text_encoder"]
         context = text.run({text.input_names[0]: input_ids})[text.output_names[0]]
         denoise = self.runners["denoise"]
-        final = denoise.run(_pick(denoise, {"context": context, **draws}))["final_latents"]
+        out = denoise.run(_pick(denoise, {"context": context, **draws}))
+        final = out["final_latents"]
         vae = self.runners["vae_decoder"]
-        return PipelineOutput(final, vae.run({vae.input_names[0]: final})[vae.output_names[0]])
+        return PipelineOutput(final, vae.run({vae.input_names[0]: final})[vae.output_names[0]], out.get("first_latents"))
 
     def __call__(self, prompts: list[str], seed: int = 0) -> PipelineOutput:
         return self.run(self.input_ids(prompts), **self.draw_noise(seed))

@@ -25,6 +25,9 @@ def _num(value: float, fmt: str) -> str:
     return "inf" if math.isinf(value) else format(value, fmt)
 
 
+_LABELS = {"first_latents": "step 1", "final_latents": "latents"}  # step 1: the latent after the first step
+
+
 def print_report(report) -> None:
     """The parity table (limits are in parity.json; failures name theirs), then Polygraphy's closing line."""
     table = Table(title=f"parity: {report.scheme} ({report.target_form}) on {report.runtime}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
@@ -32,7 +35,7 @@ def print_report(report) -> None:
         table.add_column(col, justify="left" if col in ("output", "vs", "") else "right", no_wrap=True)
     for c in report.comparisons:
         status = "[green]ok[/]" if c.passed else "[bold red]FAIL[/]"
-        table.add_row(c.output.replace("final_", ""), c.reference, _num(c.stats.max_abs, ".2e"), _num(c.stats.mean_abs, ".2e"), _num(c.stats.p99_abs, ".2e"),
+        table.add_row(_LABELS.get(c.output, c.output), c.reference, _num(c.stats.max_abs, ".2e"), _num(c.stats.mean_abs, ".2e"), _num(c.stats.p99_abs, ".2e"),
                       f"{c.stats.cosine:.6f}", _num(c.stats.psnr_db, ".1f"), status)
     console.print(table)
     for c in report.comparisons:

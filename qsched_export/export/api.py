@@ -171,10 +171,10 @@ def _replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
 
 def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]) -> None:
     from qsched_export.pipeline import (
-        SAMPLE_MODEL, UNetDenoiser, decode_latents, denoise_fn, draw_noise, encode_prompts, latent_shape, load_pipeline,
+        SAMPLE_MODEL, UNetDenoiser, decode_latents, draw_noise, encode_prompts, latent_shape, load_pipeline,
     )
     from qsched_export.quant import get_scheme, quantize_model, set_activation_ranges
-    from qsched_export.sampler import make_plan, sample_loop
+    from qsched_export.sampler import make_plan
 
     scheme = get_scheme(config.scheme)
     form = target_form(scheme)
@@ -196,17 +196,21 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
     latents, noises = draw_noise(plan, shape, torch.Generator().manual_seed(config.seed))
     noise = torch.stack([n for n in noises if n is not None]) if plan.stochastic else None
 
-    # 2. the PyTorch references: FP32, and the scheme's own numerics (fake-quant / fp16)
+    # 2. the PyTorch references, from the very module that is exported, run eagerly: FP32, and the
+    # scheme's own numerics (fake-quant / fp16)
     note("running the PyTorch references")
     golden = {"input_ids": input_ids.numpy(), "context": cond.context.numpy(), "latents": latents.numpy()}
+    draws = (latents,) + ((noise,) if noise is not None else ())
     if noise is not None:
         golden["noise"] = noise.numpy()
-    with torch.no_grad():
-        ref = sample_loop(denoise_fn(UNetDenoiser(pipe.unet, calib.guidance_scale), cond), plan, latents, noises,
-                          coeffs.latent_coeff, coeffs.output_coeff)
-        golden["fp32/final_latents"] = ref.numpy()
-        golden["fp32/image"] = decode_latents(pipe, ref).numpy()
 
+    def reference(name: str, denoise: UnrolledDenoise) -> None:
+        with torch.no_grad():
+            final, first = denoise(cond.context, *draws)
+            golden.update({f"{name}/final_latents": final.numpy(), f"{name}/first_latents": first.numpy(),
+                           f"{name}/image": decode_latents(pipe, final).numpy()})
+
+    reference("fp32", UnrolledDenoise(UNetDenoiser(pipe.unet, calib.guidance_scale), plan, coeffs, cond.timestep_cond))
     # The scheme's model is a copy (fp16 and quantized ones change it); fp32 exports the pipeline's own UNet.
     unet = copy.deepcopy(pipe.unet) if scheme.quantized or form == FORM_FP16 else pipe.unet
     report = quantize_model(unet, scheme)
@@ -215,16 +219,12 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
     denoiser: torch.nn.Module = UNetDenoiser(unet, calib.guidance_scale)
     if form == FORM_FP16:
         denoiser = HalfPrecision(denoiser)
+    denoise = UnrolledDenoise(denoiser, plan, coeffs, cond.timestep_cond).eval()
     if scheme.quantized or form == FORM_FP16:
-        with torch.no_grad():
-            fq = sample_loop(denoise_fn(denoiser, cond), plan, latents, noises, coeffs.latent_coeff, coeffs.output_coeff)
-            golden["fakequant/final_latents"] = fq.numpy()
-            golden["fakequant/image"] = decode_latents(pipe, fq).numpy()
-    exported_layers = swap_for_export(unet, form)
+        reference("fakequant", denoise)
+    exported_layers = swap_for_export(unet, form)  # in place: `denoise` now holds the export layers
 
     # 3. the graphs
-    denoise = UnrolledDenoise(denoiser, plan, coeffs, cond.timestep_cond).eval()
-    draws = (latents,) + ((noise,) if noise is not None else ())
     jobs = ([("pipeline", FusedPipeline(TextEncoder(pipe.text_encoder), denoise, VaeDecoder(pipe.vae)), (input_ids, *draws), pipeline_io(plan))]
             if config.fuse else
             [("text_encoder", TextEncoder(pipe.text_encoder), (input_ids,), TEXT_ENCODER_IO),

@@ -7,9 +7,14 @@ the graph as constants, while the one denoiser module (one set of weights) is ca
 
 I/O names are the runtime contract (`runtimes/pipeline.py`):
   text_encoder: input_ids [2B|B, L] int64 -> context [2B|B, L, D]
-  denoise:      context, latents [B,C,h,w] (standard normal), noise [K,B,C,h,w] (if K > 0) -> final_latents
+  denoise:      context, latents [B,C,h,w] (standard normal), noise [K,B,C,h,w] (if K > 0)
+                -> final_latents, first_latents (the latent after the first step)
   vae_decoder:  latents [B,C,h,w] -> image [B,3,H,W] in [0, 1]
-  pipeline:     input_ids, latents, noise -> image (with --fuse)
+  pipeline:     input_ids, latents, noise -> image, first_latents (with --fuse)
+
+`first_latents` is for the parity check: one denoiser call from the golden inputs, so the runtime
+and PyTorch differ only by that call's rounding. A quantized sampler can amplify a single int8
+rounding flip over the later steps into a visibly different final latent (see runtimes/parity.py).
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ VAE_DECODER_IO = (("latents",), ("image",))
 
 def denoise_io(plan: SamplerPlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     inputs = ("context", "latents", "noise") if plan.stochastic else ("context", "latents")
-    return inputs, ("final_latents",)
+    return inputs, ("final_latents", "first_latents")
 
 
 def pipeline_io(plan: SamplerPlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
     inputs = ("input_ids", "latents", "noise") if plan.stochastic else ("input_ids", "latents")
-    return inputs, ("image",)
+    return inputs, ("image", "first_latents")
 
 
 class TextEncoder(nn.Module):
@@ -75,7 +80,7 @@ class HalfPrecision(nn.Module):
 
 
 class UnrolledDenoise(nn.Module):
-    """The few-step sampler, unrolled: initial latent (and per-step noise) -> final latent.
+    """The few-step sampler, unrolled: initial latent (and per-step noise) -> (final latent, latent after the first step).
 
     Args:
         denoiser: `UNetDenoiser` (or `HalfPrecision` around one): `(sample, timestep, context, timestep_cond) -> model output`.
@@ -92,7 +97,7 @@ class UnrolledDenoise(nn.Module):
         self.coefficients = coefficients
         self.register_buffer("timestep_cond", timestep_cond, persistent=False)
 
-    def forward(self, context: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.plan
         x = latents * plan.init_noise_sigma
         k = 0
@@ -105,7 +110,9 @@ class UnrolledDenoise(nn.Module):
                 step_noise = noise[k]
                 k += 1
             x = qsched_step(plan, i, x, model_output, step_noise, self.coefficients.latent_coeff[i], self.coefficients.output_coeff[i])
-        return x
+            if i == 0:
+                first = x
+        return x, first
 
 
 class FusedPipeline(nn.Module):
@@ -117,5 +124,6 @@ class FusedPipeline(nn.Module):
         self.denoise = denoise
         self.vae_decoder = vae_decoder
 
-    def forward(self, input_ids: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.vae_decoder(self.denoise(self.text_encoder(input_ids), latents, noise))
+    def forward(self, input_ids: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        final, first = self.denoise(self.text_encoder(input_ids), latents, noise)
+        return self.vae_decoder(final), first

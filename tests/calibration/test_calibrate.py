@@ -59,7 +59,7 @@ def test_qsched_json_structure(calibrated):
         assert s["prompts"] == ["two small red circles on a blue background", "a green square"] and s["seed"] == 0
         assert s["latent_starts"] == pytest.approx([0.8, 1.0, 1.2]) and s["seconds"] > 0
         assert max(max(r) for r in s["grid_jaq"]) == pytest.approx(e["jaq"]["qsched"]["jaq"])
-    assert len(data["schemes"]["w8a8"]["activation_ranges"]) == 74  # 48 Linear + 26 Conv, input and output amax
+    assert len(data["schemes"]["w8a8"]["activation_ranges"]) == 79  # 48 Linear + 31 Conv, input and output amax
     assert data["schemes"]["w4a8"]["activation_ranges"] == {}  # dynamic activations
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "Q-Sched calibration" in output

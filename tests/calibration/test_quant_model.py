@@ -16,9 +16,9 @@ from qsched_export.quant import (
 from tiny_models import tiny_sd_components
 
 # The tiny UNet: 4 transformer blocks x (2 attentions x 4 projections + 2 feed-forward) + 8 ResNet
-# time_emb_proj = 48 Linear; 26 Conv2d; kept in float: conv_in, conv_out, the 5 conv_shortcut and
-# the 2 time_embedding Linear.
-LINEAR, CONV, SKIPPED = 48, 26, 9
+# time_emb_proj = 48 Linear; 31 Conv2d (5 of them conv_shortcut); kept in float: conv_in, conv_out
+# and the 2 time_embedding Linear.
+LINEAR, CONV, SKIPPED = 48, 31, 4
 
 
 @pytest.fixture(scope="module")

@@ -52,15 +52,16 @@ def run_artifact(artifact: Path) -> dict[str, np.ndarray]:
     golden = dict(np.load(artifact / manifest.golden))
     feeds = {k: golden[k] for k in ("input_ids", "latents", "noise") if k in golden}
 
-    def run(role, inputs):
+    def run(role, inputs) -> dict[str, np.ndarray]:
         session = ort.InferenceSession(str(artifact / manifest.graph(role).file), providers=["CPUExecutionProvider"])
-        return session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})[0]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, {i.name: inputs[i.name] for i in session.get_inputs()})))
 
     if manifest.fused:
-        return {"image": run("pipeline", feeds), "golden": golden}
-    context = run("text_encoder", feeds)
-    final = run("denoise", {**feeds, "context": context})
-    return {"context": context, "final_latents": final, "image": run("vae_decoder", {"latents": final}), "golden": golden}
+        return {**run("pipeline", feeds), "golden": golden}
+    context = run("text_encoder", feeds)["context"]
+    denoised = run("denoise", {**feeds, "context": context})
+    return {"context": context, **denoised, "image": run("vae_decoder", {"latents": denoised["final_latents"]})["image"], "golden": golden}
 
 
 def error_stats(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:

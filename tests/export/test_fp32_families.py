@@ -23,6 +23,8 @@ def test_fp32_matches_pytorch_sampler(artifact, family):
     latents = error_stats(out["final_latents"], golden["fp32/final_latents"])
     print(family, "final latents vs PyTorch:", latents)
     assert latents["max"] <= 1e-4
+    assert np.abs(out["first_latents"] - golden["fp32/first_latents"]).max() <= 1e-4
+    assert not np.allclose(golden["fp32/first_latents"], golden["fp32/final_latents"], atol=1e-2)  # step 1 is not the end
     assert np.abs(out["context"] - golden["context"]).max() <= 1e-5
     assert np.abs(out["image"] - golden["fp32/image"]).max() <= 1e-4
     # the golden latent is not trivially zero: the graph really ran the sampler
@@ -84,8 +86,10 @@ def test_fused_pipeline_through_the_cli(calibrated, tmp_path):
     assert set(manifest.graphs) == {"pipeline"}
     assert not any(manifest.sampler["noise_steps"])
     assert set(manifest.graph("pipeline").inputs) == {"input_ids", "latents"}
+    assert set(manifest.graph("pipeline").outputs) == {"image", "first_latents"}
     out = run_artifact(folder)
     assert np.abs(out["image"] - out["golden"]["fp32/image"]).max() <= 1e-4
+    assert np.abs(out["first_latents"] - out["golden"]["fp32/first_latents"]).max() <= 1e-4
 
 
 def test_runtime_tokenizer_reproduces_golden_ids(artifact):

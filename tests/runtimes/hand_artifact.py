@@ -65,10 +65,15 @@ def denoise(rng, quantized: bool) -> onnx.ModelProto:
                   helper.make_node("Mul", [x, "a"], [f"ax{k}"], name=f"ax{k}"),
                   helper.make_node("Mul", [f"z{k}", "s"], [f"sz{k}"], name=f"sz{k}"),
                   helper.make_node("Add", [f"ax{k}", "cond_b"], [f"t{k}"], name=f"t{k}"),
-                  helper.make_node("Add", [f"t{k}", f"sz{k}"], ["final_latents" if k == STEPS - 1 else f"x{k}"], name=f"step{k}")]
-        x = f"x{k}"
+                  helper.make_node("Add", [f"t{k}", f"sz{k}"], [_step_output(k)], name=f"step{k}")]
+        x = _step_output(k)
     return _model(nodes, [("context", TensorProto.FLOAT, [2, L, D]), ("latents", TensorProto.FLOAT, [1, C, h, h]),
-                          ("noise", TensorProto.FLOAT, [STEPS, 1, C, h, h])], [("final_latents", TensorProto.FLOAT, [1, C, h, h])], inits)
+                          ("noise", TensorProto.FLOAT, [STEPS, 1, C, h, h])],
+                  [("final_latents", TensorProto.FLOAT, [1, C, h, h]), ("first_latents", TensorProto.FLOAT, [1, C, h, h])], inits)
+
+
+def _step_output(k: int) -> str:
+    return "final_latents" if k == STEPS - 1 else ("first_latents" if k == 0 else f"x{k}")
 
 
 def vae_decoder(rng) -> onnx.ModelProto:
@@ -93,8 +98,8 @@ def write_tokenizer(folder: Path) -> TokenizerSpec:
     return TokenizerSpec("tokenizer", "tokenizer.json", L, fast.pad_token_id, fast.bos_token_id, fast.eos_token_id)
 
 
-def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+def _run(model: onnx.ModelProto, feeds: dict, output: int = 0) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[output]
 
 
 def make_artifact(folder: Path, *, quantized: bool = True) -> Path:
@@ -119,8 +124,8 @@ def make_artifact(folder: Path, *, quantized: bool = True) -> Path:
     context = _run(graphs["text_encoder"], {"input_ids": ids})
     golden = {"input_ids": ids, "latents": latents, "noise": noise}
     for ref, model in (("fakequant", graphs["denoise"]), ("fp32", denoise(np.random.default_rng(1), False))):
-        final = _run(model, {"context": context, "latents": latents, "noise": noise})
-        golden[f"{ref}/final_latents"] = final
+        final, first = (_run(model, {"context": context, "latents": latents, "noise": noise}, k) for k in (0, 1))
+        golden[f"{ref}/final_latents"], golden[f"{ref}/first_latents"] = final, first
         golden[f"{ref}/image"] = _run(graphs["vae_decoder"], {"latents": final})
     np.savez(folder / "golden.npz", **golden)
     scheme = {"name": "w8a8", "weight_bits": 8, "act_bits": 8} if quantized else {"name": "fp32", "weight_bits": None}

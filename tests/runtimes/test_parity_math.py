@@ -52,7 +52,10 @@ def test_every_failure_collected_then_raised_once(tmp_path):
 
 
 def test_thresholds_are_tight_where_the_graph_computes_the_reference():
-    assert THRESHOLDS[("fp32", "fp32")]["final_latents"].max_abs == 1e-4
-    # 0.998: the measured floor of fused int8 kernels over 4 sampler steps (see runtimes/parity.py)
-    assert THRESHOLDS[("qdq", "fakequant")]["final_latents"].min_cosine >= 0.998
-    assert THRESHOLDS[("qdq", "fp32")]["final_latents"].min_cosine < THRESHOLDS[("qdq", "fakequant")]["final_latents"].min_cosine
+    assert THRESHOLDS[("fp32", "fp32")]["final_latents"].max_abs == THRESHOLDS[("fp32", "fp32")]["first_latents"].max_abs == 1e-4
+    for form in ("qdq", "matmulnbits"):
+        # Quantized graphs: tight after one step, where only that call's rounding differs; loose on the
+        # final latent, where the later steps can amplify one rounding flip (see runtimes/parity.py).
+        vs_fakequant, vs_fp32 = THRESHOLDS[(form, "fakequant")], THRESHOLDS[(form, "fp32")]
+        assert vs_fakequant["first_latents"].min_cosine >= 0.9995 > vs_fakequant["final_latents"].min_cosine
+        assert vs_fp32["first_latents"].min_cosine < vs_fakequant["first_latents"].min_cosine
