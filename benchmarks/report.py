@@ -162,6 +162,8 @@ SECTIONS = (
     ("runtime_sample.json", "Embedded sample on ONNX Runtime CPU: latency and parity of built artifacts (`python benchmarks/runtime_latency.py out/shapes-sd-onnxruntime-{fp32,w8a8,w4a8} --repeats 20`, 2-core CPU)"),
     ("calibration_speed_cpu.json", "Calibration speed (CPU)"),
     ("calibration_speed_gpu.json", "Calibration speed (GPU)"),
+    ("calibration_scaling.json", "Sharded calibration on several GPUs (torch.distributed, nccl): the embedded sample"),
+    ("calibration_scaling_sd15.json", "Sharded calibration on several GPUs (torch.distributed, nccl): SD1.5-sized UNet + VAE, random weights"),
 )
 
 
