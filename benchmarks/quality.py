@@ -127,6 +127,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--schemes", nargs="+", default=["w4a8", "w8a8"], help="the first also gets the k ablation")
     p.add_argument("--grid", type=int, default=20, help="calibration grid per axis")
+    p.add_argument("--range", type=float, nargs=2, default=[0.8, 1.2], metavar=("LO", "HI"),
+                   help="range of both ramp starts in every calibration (calibrate's --range)")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--guidance-sweep", type=float, nargs="*", default=[1.5, 2.0, 2.5, 3.0, 4.0, 5.0])
     p.add_argument("--k-ablation", type=float, nargs="*", default=[0.0, 5.0], help="extra k values for the first scheme")
@@ -195,7 +197,7 @@ def main() -> None:
                calibration_seconds=time.perf_counter() - t0, calibration_evaluations=search.evaluations, **extra)
         return qs
 
-    space = SearchSpace(grid=args.grid)
+    space = SearchSpace(grid=args.grid, latent_range=tuple(args.range), output_range=tuple(args.range))
     for steps in args.steps:
         config = CalibrationConfig(schemes=tuple(args.schemes), steps=steps, guidance=args.guidance, device=args.device, progress=False,
                                    batch_size=args.calib_batch)
@@ -229,7 +231,7 @@ def main() -> None:
 
 
 # The settings rows of one table must share; steps, schemes and what else a run adds may differ.
-_SHARED = ("prompts", "seeds", "guidance", "grid", "batch", "calib_batch", "smoothquant_alpha", "inception_weights")
+_SHARED = ("prompts", "seeds", "guidance", "grid", "range", "batch", "calib_batch", "smoothquant_alpha", "inception_weights")
 
 
 def _previous_runs(args) -> dict:

@@ -35,7 +35,8 @@ def quality_section(data: dict, title: str) -> str:
     cfg = data["config"]
     out = [f"## {title} ({data['device']})",
            f"`python benchmarks/quality.py --device {cfg['device']} --prompts {cfg['prompts']} --seeds {cfg['seeds']} --guidance {cfg['guidance']:g} "
-           f"--schemes {' '.join(cfg['schemes'])}` — "
+           f"--schemes {' '.join(cfg['schemes'])}" + (f" --range {cfg['range'][0]:g} {cfg['range'][1]:g}" if cfg.get("range", [0.8, 1.2]) != [0.8, 1.2] else "")
+           + "` — "
            f"{cfg['prompts']} held-out prompts x {cfg['seeds']} seeds (mean ± 95% CI over seeds). Scored with the evaluation judge "
            "(shapes-clip-b); coefficients calibrated with JAQ on the calibration judge (shapes-clip-a), "
            f"grid {cfg['grid']}x{cfg['grid']} + refinement, on samples/prompts/calibration.txt. "
@@ -177,9 +178,11 @@ def main() -> None:
         parts += ["", "![quality](results_quality.png)", ""]
         if (DOCS / "quality_grid.png").is_file():
             parts += ["![grid](quality_grid.png)", ""]
-    study = _load("quality_study.json")
-    if study:
-        parts += [quality_section(study, "Where quantization loss starts: study-only schemes (3-bit weights, 6-bit activations)"), ""]
+    for name, title in (("quality_study.json", "Where quantization loss starts: study-only schemes (3-bit weights, 6-bit activations)"),
+                        ("quality_wide_range.json", "Q-Sched with a wider search range (ramp starts 0.6-1.4)")):
+        data = _load(name)
+        if data:
+            parts += [quality_section(data, title), ""]
     gpu = _load("gpu_latency.json")
     if gpu:
         parts += [gpu_section(gpu), ""]

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.quality import _previous_runs  # noqa: E402
 
-SETTINGS = {"prompts": 1024, "seeds": 2, "guidance": 1.5, "grid": 20, "batch": 512, "calib_batch": 1024, "smoothquant_alpha": 0.5,
+SETTINGS = {"prompts": 1024, "seeds": 2, "guidance": 1.5, "grid": 20, "range": [0.8, 1.2], "batch": 512, "calib_batch": 1024, "smoothquant_alpha": 0.5,
             "inception_weights": None}
 
 
