@@ -156,7 +156,7 @@ def main() -> None:
     specs = scenes.heldout_specs(args.prompts, seed=7)
     prompts = [scenes.caption(s) for s in specs]
     scorer = Scorer(specs, prompts, device, args.inception_weights)
-    results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    results: dict = {"config": _config(args),
                      "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "runs": []}
     if previous is not None:
         results["config"]["steps"] = sorted(set(previous["config"]["steps"]) | set(args.steps))
@@ -230,6 +230,11 @@ def main() -> None:
     print(f"done in {results['seconds']:.0f}s -> {args.out}")
 
 
+def _config(args) -> dict:
+    """The command-line settings as the JSON records them."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 # The settings rows of one table must share; steps, schemes and what else a run adds may differ.
 _SHARED = ("prompts", "seeds", "guidance", "grid", "range", "batch", "calib_batch", "smoothquant_alpha", "inception_weights")
 
@@ -240,7 +245,7 @@ def _previous_runs(args) -> dict:
     previous = json.loads(args.out.read_text())
     if "seconds" not in previous:
         sys.exit(f"error: {args.out} is a run that was cut short; rerun its step counts instead of appending to it")
-    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    now = _config(args)
     differ = [k for k in _SHARED if previous["config"].get(k) != now[k]]
     if differ:
         sys.exit(f"error: --append to {args.out} with different {', '.join(differ)}; use its settings or a new --out")

@@ -35,8 +35,7 @@ def quality_section(data: dict, title: str) -> str:
     cfg = data["config"]
     out = [f"## {title} ({data['device']})",
            f"`python benchmarks/quality.py --device {cfg['device']} --prompts {cfg['prompts']} --seeds {cfg['seeds']} --guidance {cfg['guidance']:g} "
-           f"--schemes {' '.join(cfg['schemes'])}" + (f" --range {cfg['range'][0]:g} {cfg['range'][1]:g}" if cfg.get("range", [0.8, 1.2]) != [0.8, 1.2] else "")
-           + "` — "
+           f"--schemes {' '.join(cfg['schemes'])}" + (f" --range {cfg['range'][0]:g} {cfg['range'][1]:g}" if "range" in cfg else "") + "` — "
            f"{cfg['prompts']} held-out prompts x {cfg['seeds']} seeds (mean ± 95% CI over seeds). Scored with the evaluation judge "
            "(shapes-clip-b); coefficients calibrated with JAQ on the calibration judge (shapes-clip-a), "
            f"grid {cfg['grid']}x{cfg['grid']} + refinement, on samples/prompts/calibration.txt. "

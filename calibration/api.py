@@ -204,20 +204,27 @@ class Session:
         return Evaluator(UNetDenoiser(unet, self.config.guidance_scale), self.decode, self.plan, self.cond, self.latents, self.noises,
                          self.objective, self.prompts, batch_size or self.config.batch_size)
 
-    def simulated_unet(self, scheme_name: str):
-        """A fake-quant copy of the UNet for `scheme_name`, static ranges observed along the FP32
-        sampler trajectory (all coefficients 1) on the calibration prompts; returns (unet, report)."""
+    @torch.no_grad()
+    def fp32_trajectory(self, unet) -> None:
+        """Run `unet` along the sampler with all coefficients 1 on the calibration prompts and noise
+        (what range observers watch)."""
         from qsched_export.pipeline import UNetDenoiser, denoise_fn
         from qsched_export.sampler import sample_loop
 
+        sample_loop(denoise_fn(UNetDenoiser(unet, self.config.guidance_scale), self.cond), self.plan, self.latents, self.noises)
+
+    def simulated_unet(self, scheme_name: str, unet=None):
+        """A fake-quant UNet for `scheme_name`, static ranges observed along the FP32 sampler
+        trajectory on the calibration prompts; returns (unet, report). `unet`: a float copy to
+        quantize in place (e.g. one SmoothQuant has smoothed), default a copy of the pipeline's."""
         scheme = get_scheme(scheme_name)
-        unet = copy.deepcopy(self.pipe.unet)
+        unet = copy.deepcopy(self.pipe.unet) if unet is None else unet
         if scheme.float_dtype == "float16":
             unet = HalfPrecisionUNet(unet)
         report = quantize_model(unet, scheme)
         if scheme.static_activations:
-            with observe_ranges(unet, self.config.percentile), torch.no_grad():
-                sample_loop(denoise_fn(UNetDenoiser(unet, self.config.guidance_scale), self.cond), self.plan, self.latents, self.noises)
+            with observe_ranges(unet, self.config.percentile):
+                self.fp32_trajectory(unet)
         return unet, report
 
 

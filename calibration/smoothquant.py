@@ -13,14 +13,13 @@ the same `X / s`. This is a baseline for the quality benchmark only: the exporte
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from qsched_export.errors import QSchedError
-from qsched_export.quant import DEFAULT_SKIP_PATTERNS, Scheme, get_scheme, observe_ranges, quantize_model
+from qsched_export.quant import DEFAULT_SKIP_PATTERNS, Scheme, get_scheme, skip_pattern
 
 DEFAULT_ALPHA = 0.5
 # The reference implementation's floor (mit-han-lab/smoothquant, smooth.py): a column of zero
@@ -51,8 +50,7 @@ def applies_to(scheme: Scheme | str) -> bool:
 
 def smoothable_linears(model: nn.Module, skip: tuple[str, ...] = DEFAULT_SKIP_PATTERNS) -> dict[str, nn.Linear]:
     """The Linear layers `quantize_model` would quantize with the same skip list."""
-    skip_re = [re.compile(p) for p in skip]
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and not any(r.search(name) for r in skip_re)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and skip_pattern(name, skip) is None}
 
 
 @torch.no_grad()
@@ -95,21 +93,10 @@ def smoothquant_unet(session, scheme_name: str, alpha: float = DEFAULT_ALPHA):
     """`session.simulated_unet(scheme_name)` with SmoothQuant first: a copy of the UNet is smoothed
     with activation ranges observed along the FP32 sampler trajectory on the calibration prompts,
     then fake-quantized and its static ranges observed the same way; returns (unet, report)."""
-    from qsched_export.pipeline import UNetDenoiser, denoise_fn
-    from qsched_export.sampler import sample_loop
-
     scheme = get_scheme(scheme_name)
     if not applies_to(scheme):
         raise QSchedError(f"scheme {scheme.name} keeps Linear inputs in float: SmoothQuant has nothing to smooth",
                           "use a scheme that quantizes them (w8a8, w4a8)")
     unet = copy.deepcopy(session.pipe.unet)
-
-    def run():
-        sample_loop(denoise_fn(UNetDenoiser(unet, session.config.guidance_scale), session.cond), session.plan, session.latents, session.noises)
-
-    smooth_linears(unet, input_channel_amax(unet, run), alpha)
-    report = quantize_model(unet, scheme)
-    if scheme.static_activations:
-        with observe_ranges(unet, session.config.percentile), torch.no_grad():
-            run()
-    return unet, report
+    smooth_linears(unet, input_channel_amax(unet, lambda: session.fp32_trajectory(unet)), alpha)
+    return session.simulated_unet(scheme_name, unet)

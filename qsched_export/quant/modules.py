@@ -191,6 +191,11 @@ def _param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def skip_pattern(name: str, skip: tuple[str, ...] = DEFAULT_SKIP_PATTERNS) -> str | None:
+    """The first skip pattern found in a module's dotted name (None: the layer may be quantized)."""
+    return next((p for p in skip if re.search(p, name)), None)
+
+
 def quantize_model(model: nn.Module, scheme: Scheme | str, *, skip: tuple[str, ...] = DEFAULT_SKIP_PATTERNS) -> QuantReport:
     """Replace `model`'s Linear and Conv2d layers that the scheme quantizes in place by fake-quant
     layers in "quant" mode; returns the report."""
@@ -199,14 +204,13 @@ def quantize_model(model: nn.Module, scheme: Scheme | str, *, skip: tuple[str, .
     report.bytes_after = report.bytes_before
     if not scheme.quantized:
         return report
-    skip_re = [(p, re.compile(p)) for p in skip]
     targets: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if isinstance(module, QuantLayer):
             raise QSchedError(f"{name} is already quantized", "quantize a fresh copy of the model")
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
             continue
-        hit = next((p for p, r in skip_re if r.search(name)), None)
+        hit = skip_pattern(name, skip)
         if hit is not None:
             report.skipped.append((name, f"skip pattern {hit!r}"))
         elif isinstance(module, nn.Conv2d) and scheme.conv is None:
