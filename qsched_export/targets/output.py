@@ -43,8 +43,9 @@ def atomic_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 def copy_runtime_files(src: Path, dst: Path, manifest: Manifest) -> None:
     """Copy what every built artifact carries besides its graphs: tokenizer files and golden data."""
-    shutil.copytree(src / manifest.tokenizer.dir, dst / manifest.tokenizer.dir)
-    shutil.copy2(src / manifest.golden, dst / manifest.golden)
+    for rel in manifest.support_files:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
 
 
 def finish(dst: Path, manifest: Manifest, files: dict[str, str], tools: dict[str, str] | None = None) -> Manifest:

@@ -80,7 +80,7 @@ def test_edge_warning_is_one_line(calibrated):
     (["--grid", 1], "grid must be >= 2"),
     (["--range", 1.2, 0.8], "must be below its end"),
     (["--range", -0.5, 1.2], "must be positive"),
-    (["--k", -1], "k must be >= 0"),
+    (["--k", -1], "k must be a finite number >= 0"),
     (["--scheme", "w2a2"], "unknown scheme 'w2a2'"),
     (["--prompts", "MISSING"], "not found"),
     (["--prompts", "EMPTY"], "has no prompts"),
@@ -108,7 +108,7 @@ def test_other_setting_refuses_to_merge(cli, calibrated, tiny_assets):
     out, _, _ = calibrated
     before = out.read_bytes()
     result = cli("--bits", 8, *_common(tiny_assets), "--grid", 3, "--steps", 3, "--guidance", 2, "--no-refine", "--out", out)
-    assert result.exit_code == 1 and "another setting" in result.output and "steps 2 != 3" in result.output
+    assert result.exit_code == 1 and "another setting" in result.output and "2 steps vs 3" in result.output
     assert out.read_bytes() == before
 
 
