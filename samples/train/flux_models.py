@@ -78,8 +78,9 @@ def zero_init_modulation(transformer) -> None:
     """adaLN-Zero (DiT): zero every modulation projection and the output layer, so each block
     starts as the identity and the model as a zero predictor. diffusers leaves PyTorch's default
     init, which matters only when training from scratch as we do."""
+    modulations = ("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear")
     for name, module in transformer.named_modules():
-        if name.endswith(("norm1.linear", "norm1_context.linear", "norm.linear", "norm_out.linear")) or name == "proj_out":
+        if name.endswith(modulations) or name == "proj_out":
             module.weight.zero_()
             module.bias.zero_()
 

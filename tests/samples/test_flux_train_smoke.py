@@ -199,3 +199,22 @@ def test_cuda_graph_failure_falls_back_with_weights_restored(tmp_path):
     graphed, stats = flux_train.try_cuda_graphs(_cfg(tmp_path), denoiser, inputs, torch.randn(1, 64, 64), params)
     assert graphed is None and stats["used"] is False and "error" in stats
     assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "samples" / "shapes-flux"
+
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="samples/shapes-flux has no weights yet")
+def test_shipped_sample_fits_and_draws():
+    from diffusers import FluxPipeline
+
+    size_mb = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file()) / 1e6
+    samples_mb = sum(f.stat().st_size for f in SHIPPED.parent.rglob("*") if f.is_file()) / 1e6
+    assert size_mb < 15 and samples_mb < 45, (size_mb, samples_mb)
+    pipe = FluxPipeline.from_pretrained(SHIPPED)
+    assert not pipe.scheduler.config.use_dynamic_shifting and not pipe.transformer.config.guidance_embeds
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("two small red circles on a blue background", num_inference_steps=4, guidance_scale=0.0,
+                 height=64, width=64, max_sequence_length=flux_models.T5_MAX_TOKENS,
+                 generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert image.shape == (1, 3, 64, 64) and image.std() > 0.02  # not a flat field
