@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from samples.train import scenes
 from samples.train.flux_models import (AXES_DIMS_ROPE, DOUBLE_BLOCKS, HEAD_DIM, HEADS, LATENT_CHANNELS,
                                        LATENT_SIZE, SD_SAMPLE, SINGLE_BLOCKS, T5_MAX_TOKENS, TOKEN_GRID,
-                                       count_parameters, load_clip, make_flux_transformer, make_flux_vae, make_scheduler, make_t5,
-                                       sampler_sigmas, shift_sigmas, zero_init_modulation)
+                                       count_parameters, load_clip, make_flux_transformer, make_flux_vae,
+                                       make_scheduler, make_t5, sampler_sigmas, shift_sigmas,
+                                       zero_init_modulation)
 from samples.train.flux_tokenizer import check_t5_tokenizer, save_t5_tokenizer
 from samples.train.train import Ema, ScenePool, cosine_lr, log
 
-# Static shift of the shipped scheduler (and of the training sigma distribution): see
-# `default_shift_reason` in the stats and the model card.
+# Static shift of the shipped scheduler and of the training sigma distribution; why 2, see
+# "Why this shift" in samples/shapes-flux/README.md. flux_eval measures 1, 1.5, 2 and 3.
 DEFAULT_SHIFT = 2.0
 # A fifth of the training sigmas sit exactly on the few-step sampler's grid (2, 4 and 8 steps,
 # 4 counted twice: 18 points, 4 of them σ=1): logit-normal sampling almost never draws σ near 1,
