@@ -259,7 +259,8 @@ def try_cuda_graphs(cfg: FluxRunConfig, denoiser: Denoiser, inputs, target, para
         eager_grads = torch.autograd.grad(F.mse_loss(eager_out.float(), target), params, allow_unused=True)
         graphed = Denoiser(denoiser.transformer, denoiser.t5, cfg.device)  # shares parameters; `denoiser` stays eager
         with _autocast(cfg):
-            graphed = torch.cuda.make_graphed_callables(graphed, (inputs,), allow_unused_input=True)
+            # One callable: sample_args is its argument tuple, called as graphed(*inputs).
+            graphed = torch.cuda.make_graphed_callables(graphed, tuple(inputs), allow_unused_input=True)
             graph_out = graphed(*inputs)
         graph_grads = torch.autograd.grad(F.mse_loss(graph_out.float(), target), params, allow_unused=True)
 
@@ -268,7 +269,8 @@ def try_cuda_graphs(cfg: FluxRunConfig, denoiser: Denoiser, inputs, target, para
             den = sum((x.float() ** 2).sum() for x in a if x is not None)
             return float((num / den).sqrt())
 
-        out_err, grad_err = rel([eager_out], [graph_out]), rel(list(eager_grads), list(graph_grads))
+        out_err = rel([eager_out.detach()], [graph_out.detach()])
+        grad_err = rel(list(eager_grads), list(graph_grads))
         ok = out_err < 0.02 and grad_err < 0.05 and math.isfinite(out_err) and math.isfinite(grad_err)
         log(f"cuda graphs: captured in {time.time() - start:.1f}s, relative error vs eager: output {out_err:.1e}, "
             f"gradients {grad_err:.1e} -> {'using graphs' if ok else 'MISMATCH, staying eager'}")

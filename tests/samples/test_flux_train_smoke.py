@@ -201,6 +201,31 @@ def test_cuda_graph_failure_falls_back_with_weights_restored(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
+def test_cuda_graph_path_calls_and_checks_like_torch(tmp_path, monkeypatch):
+    """The graph path on CPU, with make_graphed_callables replaced by a stand-in that keeps torch's
+    calling convention (one callable: sample_args is its argument tuple; warm-up runs
+    callable(*sample_args); the module comes back): the check must pass and hand back the module."""
+    def fake_make_graphed_callables(module, sample_args, allow_unused_input=False):
+        assert isinstance(module, torch.nn.Module) and all(isinstance(a, torch.Tensor) for a in sample_args)
+        module(*sample_args)  # torch's warm-up call
+        return module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_make_graphed_callables)
+    transformer, t5 = flux_models.make_flux_transformer(), flux_models.make_t5(150)
+    flux_models.zero_init_modulation(transformer)
+    denoiser = flux_train.Denoiser(transformer, t5, "cpu")
+    params = list(transformer.parameters()) + list(t5.parameters())
+    before = [p.detach().clone() for p in params]
+    inputs = (torch.randn(1, 64, 64), torch.randint(0, 150, (1, 32)), torch.randn(1, 128), torch.rand(1))
+    graphed, stats = flux_train.try_cuda_graphs(_cfg(tmp_path), denoiser, inputs, torch.randn(1, 64, 64), params)
+    assert stats["used"] is True, stats
+    assert stats["output_rel_err"] == 0 and stats["grad_rel_err"] == 0
+    assert isinstance(graphed, flux_train.Denoiser) and graphed is not denoiser
+    assert graphed.transformer is transformer and graphed.t5 is t5  # shares the trained parameters
+    assert all(torch.equal(a, b) for a, b in zip(before, params))  # perturbation undone
+
+
 SHIPPED = Path(__file__).resolve().parents[2] / "samples" / "shapes-flux"
 
 
