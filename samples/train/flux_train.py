@@ -529,7 +529,8 @@ def run(cfg: FluxRunConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     stats: dict = {
         "device": torch.cuda.get_device_name() if cfg.device.startswith("cuda") else "cpu",
-        "versions": dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__),
+        "versions": dict(torch=torch.__version__, diffusers=diffusers.__version__,
+                         transformers=transformers.__version__),
         "config": {k: str(v) for k, v in asdict(cfg).items()},
         "architecture": dict(latent=f"{LATENT_SIZE}x{LATENT_SIZE}x{LATENT_CHANNELS}", tokens=TOKEN_GRID ** 2,
                              heads=HEADS, head_dim=HEAD_DIM, double_blocks=DOUBLE_BLOCKS,
