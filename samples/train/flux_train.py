@@ -72,6 +72,7 @@ class FluxRunConfig:
     max_steps: int | None = None  # smoke runs stop by step count
     cuda_graphs: bool = False
     amp: bool = True       # bf16 autocast (CPU smoke runs use fp32)
+    vae_from: Path | None = None  # reuse this pipeline folder's trained VAE instead of training one
 
 
 def _autocast(cfg: FluxRunConfig):
@@ -138,6 +139,17 @@ def train_vae(cfg: FluxRunConfig, pool: ScenePool):
 
 
 @torch.no_grad()
+def load_vae(cfg: FluxRunConfig, folder: Path):
+    """A VAE trained by an earlier call (its pipeline checkpoint's `vae/`, scaling and shift factors
+    in its config), so a rerun spends its budget on the transformer."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder / "vae").to(cfg.device).eval().requires_grad_(False)
+    stats = {"from": str(folder.name), "scaling_factor": vae.config.scaling_factor, "shift_factor": vae.config.shift_factor}
+    log(f"vae loaded from {folder.name}: shift_factor {stats['shift_factor']:.4f}, scaling_factor {stats['scaling_factor']:.4f}")
+    return vae, stats
+
+
 def latent_statistics(vae, pool: ScenePool, n: int) -> dict:
     """FLUX-style latent normalisation, latents = (z - shift_factor) * scaling_factor, from the
     trained encoder's posterior samples; plus reconstruction error on fresh scenes."""
@@ -547,7 +559,10 @@ def run(cfg: FluxRunConfig) -> dict:
     # The step estimate (--estimate) is not repeated here: it is CPU work that would cost device time.
     log(f"setup {time.time() - t0:.0f}s: pool {cfg.pool}, T5 vocab {len(t5_tokenizer)}")
 
-    vae, stats["vae"] = train_vae(cfg, pool)
+    if cfg.vae_from is not None:
+        vae, stats["vae"] = load_vae(cfg, cfg.vae_from)
+    else:
+        vae, stats["vae"] = train_vae(cfg, pool)
     saver = Saver(cfg.out, vae, clip, clip_tokenizer, t5_tokenizer, cfg.shift,
                   tokenizer_dirs=dict(tokenizer=SD_SAMPLE / "tokenizer", tokenizer_2=cfg.out / "t5_tokenizer"))
     saver.save_untrained()
@@ -578,6 +593,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path)
     p.add_argument("--vae-seconds", type=float, default=110.0)
+    p.add_argument("--vae-from", type=Path, help="a pipeline folder whose trained vae/ to reuse (skips the VAE stage; pass --vae-seconds 0)")
     p.add_argument("--flux-seconds", type=float, default=265.0)
     p.add_argument("--setup-seconds", type=float, default=30.0,
                    help="allowance for imports, data and saving: training stops at most "
@@ -614,14 +630,14 @@ def main() -> None:
     if args.smoke:
         cfg = FluxRunConfig(out=args.out, vae_seconds=60, flux_seconds=60, deadline=start + 300, batch=2,
                             eager_batch=2, vae_batch=2, pool=64, seed=args.seed, device=device, shift=args.shift,
-                            ckpt_every=0.0, max_steps=2, amp=False)
+                            ckpt_every=0.0, max_steps=2, amp=False, vae_from=args.vae_from)
     else:
         cfg = FluxRunConfig(out=args.out, vae_seconds=args.vae_seconds, flux_seconds=args.flux_seconds,
                             deadline=start + args.vae_seconds + args.flux_seconds + args.setup_seconds,
                             batch=args.batch, eager_batch=args.eager_batch, vae_batch=args.vae_batch,
                             pool=args.pool, seed=args.seed,
                             device=device, shift=args.shift, ckpt_every=args.ckpt_every, amp=device != "cpu",
-                            cuda_graphs=device == "cuda" and not args.no_cuda_graphs)
+                            cuda_graphs=device == "cuda" and not args.no_cuda_graphs, vae_from=args.vae_from)
     log(f"flux_train on {device}: vae {cfg.vae_seconds:.0f}s, flux {cfg.flux_seconds:.0f}s, "
         f"hard stop at +{cfg.deadline - start:.0f}s")
     run(cfg)
