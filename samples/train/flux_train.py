@@ -604,6 +604,9 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=60000, help="captioned scenes in the training pool")
     p.add_argument("--shift", type=float, default=DEFAULT_SHIFT)
     p.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between pipeline checkpoints")
+    p.add_argument("--no-amp", action="store_true",
+                   help="train in float32 (TF32 matmuls) instead of bf16 autocast (calls 1-2 on the H200 died with an "
+                        "illegal memory access in the first bf16 transformer step, eager and graphed alike)")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="train the transformer eagerly (by default its step is CUDA-graphed once checked)")
     p.add_argument("--seed", type=int, default=0)
@@ -636,7 +639,7 @@ def main() -> None:
                             deadline=start + args.vae_seconds + args.flux_seconds + args.setup_seconds,
                             batch=args.batch, eager_batch=args.eager_batch, vae_batch=args.vae_batch,
                             pool=args.pool, seed=args.seed,
-                            device=device, shift=args.shift, ckpt_every=args.ckpt_every, amp=device != "cpu",
+                            device=device, shift=args.shift, ckpt_every=args.ckpt_every, amp=device != "cpu" and not args.no_amp,
                             cuda_graphs=device == "cuda" and not args.no_cuda_graphs, vae_from=args.vae_from)
     log(f"flux_train on {device}: vae {cfg.vae_seconds:.0f}s, flux {cfg.flux_seconds:.0f}s, "
         f"hard stop at +{cfg.deadline - start:.0f}s")
