@@ -144,8 +144,10 @@ def tiny_flux_components(guidance_embeds: bool = False, shift: float = 1.0, use_
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                         num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4),
+    # Width 32 (2 heads of 16): every quantized Linear's input is a multiple of the INT4 block of 32,
+    # as in FLUX.1 (the single blocks' proj_out takes width + 4 x width).
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                         num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6),
                                          guidance_embeds=guidance_embeds)
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(_clip_text_config())

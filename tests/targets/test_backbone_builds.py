@@ -28,7 +28,8 @@ def calibrated_case(tiny_model_factory, tmp_path_factory):
         if case not in cache:
             backbone, components, guidance = CASES[case]
             model = tiny_model_factory(backbone, **components)
-            cache[case] = model, write_qsched(model, tmp_path_factory.mktemp(f"q-{case}") / "qsched.json", guidance=guidance)
+            cache[case] = model, write_qsched(model, tmp_path_factory.mktemp(f"q-{case}") / "qsched.json",
+                                              schemes=("fp16", "w8a8", "w4a16", "w4a8"), guidance=guidance)
         return cache[case]
     return make
 
