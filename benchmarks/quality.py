@@ -122,6 +122,7 @@ def mean_ci(values: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", help="a shapes-trained diffusers folder (default: samples/shapes-sd; samples/shapes-flux for the flow-matching rows)")
     p.add_argument("--prompts", type=int, default=1024, help="held-out prompts per configuration")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8])
@@ -199,7 +200,7 @@ def main() -> None:
 
     space = SearchSpace(grid=args.grid, latent_range=tuple(args.range), output_range=tuple(args.range))
     for steps in args.steps:
-        config = CalibrationConfig(schemes=tuple(args.schemes), steps=steps, guidance=args.guidance, device=args.device, progress=False,
+        config = CalibrationConfig(model=args.model, schemes=tuple(args.schemes), steps=steps, guidance=args.guidance, device=args.device, progress=False,
                                    batch_size=args.calib_batch)
         session = prepare(config)
         sampler = Sampler(session.backbone, prompts, device, args.batch)

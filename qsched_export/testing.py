@@ -186,3 +186,64 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": {"size": 32}}))
     return folder
+
+
+def save_full_size_sdxl(folder: Path, *, small: bool = False) -> Path:
+    """An SDXL pipeline whose UNet has SDXL-base's architecture (2.6 B parameters, 128x128 latent =
+    1024x1024 px) with random weights, one-layer text encoders of SDXL's widths (context 768 + 1280,
+    pooled 1280) and a narrow 4-block VAE (scale factor 8): the benchmarks time and size the UNet.
+    SDXL-Turbo's sampler (Euler-ancestral, trailing). `small`: the same shapes at 1/8 width, to test it."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    w = 8 if small else 1
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320 // w, 640 // w, 1280 // w),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20), cross_attention_dim=2048 // w, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=256 // w, projection_class_embeddings_input_dim=6 * 256 // w + 1280 // w, norm_num_groups=32 // w,
+    )
+    text = _clip_text_config(hidden_size=768 // w, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=77)
+    text_2 = _clip_text_config(hidden_size=1280 // w, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                               max_position_embeddings=77, projection_dim=1280 // w)
+    torch.manual_seed(0)
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=_vae(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024),
+        text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text_2),
+        tokenizer=clip_tokenizer(folder / "_tok", max_length=77), tokenizer_2=clip_tokenizer(folder / "_tok2", max_length=77, pad_token="!"),
+        scheduler=EulerAncestralDiscreteScheduler(**SCHEDULER_KWARGS, timestep_spacing="trailing"))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def save_full_width_flux(folder: Path, *, double: int = 2, single: int = 4, small: bool = False) -> Path:
+    """A FluxPipeline whose transformer has FLUX.1's width and block structure (hidden 3072 = 24
+    heads x 128, RoPE (16, 56, 56), T5 width 4096, pooled CLIP 768) at reduced depth (`double`
+    + `single` blocks; FLUX.1 has 19 + 38), random weights, 1024x1024 px (64x64 packed = 4096 image
+    tokens), FLUX.1-schnell's scheduler; one-layer text encoders of FLUX's widths and a narrow
+    16-channel VAE. `small`: the same structure at 1/8 width, to test it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    w = 8 if small else 1
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
+                                         attention_head_dim=128 // w, num_attention_heads=24, joint_attention_dim=4096 // w,
+                                         pooled_projection_dim=768 // w, axes_dims_rope=(16 // w, 56 // w, 56 // w), guidance_embeds=False)
+    torch.manual_seed(0)
+    clip = CLIPTextModel(_clip_text_config(hidden_size=768 // w, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                                           max_position_embeddings=77))
+    t5 = T5EncoderModel(T5Config(vocab_size=88, d_model=4096 // w, d_kv=64, d_ff=1024, num_layers=1, num_heads=8, decoder_start_token_id=0,
+                                 pad_token_id=0, eos_token_id=1))
+    vae = _vae(latent_channels=16, block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+               up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024, shift_factor=0.1159, scaling_factor=0.3611)
+    # FLUX.1-schnell's scheduler config; schnell is sampled with T5 length 256.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False, base_image_seq_len=256, max_image_seq_len=4096,
+                                                base_shift=0.5, max_shift=1.15)
+    pipe = FluxPipeline(transformer=transformer, text_encoder=clip, text_encoder_2=t5, vae=vae, scheduler=scheduler,
+                        tokenizer=clip_tokenizer(folder / "_tok", max_length=77), tokenizer_2=t5_tokenizer(max_length=256))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
