@@ -109,7 +109,8 @@ def denoise_fn(denoiser: torch.nn.Module, cond):
     tensors = tuple(cond.tensors.values())
 
     def run(model_input: torch.Tensor, timestep: float, _i: int) -> torch.Tensor:
-        return denoiser(model_input, torch.tensor(timestep), *tensors)
+        # On the latent's device: the UNet moves a CPU timestep itself, FLUX's transformer does not.
+        return denoiser(model_input, torch.tensor(timestep, device=model_input.device), *tensors)
     return run
 
 
