@@ -138,6 +138,13 @@ timed() {
   return "$rc"
 }
 
+# into_file LOG CMD...: run CMD with its output in LOG only.
+into_file() {
+  local log=$1
+  shift
+  "$@" >"$log" 2>&1
+}
+
 # ---- the rootfs: mounts are always undone, even on failure ---------------------------------
 unmount_under() {
   local dir=$1 target
@@ -218,8 +225,8 @@ else
   mkdir -p "$(dirname "$ROOTFS")"
   # minbase + python3-venv: the Python a JetPack-like system has, nothing of this project.
   # debootstrap's own log (hundreds of lines) goes to a file; its tail is shown if it fails.
-  if ! timed host debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates \
-      "$SUITE" "$ROOTFS.partial" "$MIRROR" >"$WORK/debootstrap.log" 2>&1; then
+  if ! timed host into_file "$WORK/debootstrap.log" debootstrap --arch=arm64 --variant=minbase \
+      --include=python3,python3-venv,ca-certificates "$SUITE" "$ROOTFS.partial" "$MIRROR"; then
     tail -n 20 "$WORK/debootstrap.log"
     die "debootstrap failed (log: $WORK/debootstrap.log)"
   fi
