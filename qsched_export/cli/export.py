@@ -20,6 +20,7 @@ def export(
     steps: int = typer.Option(4, "--steps", "-n", help="Sampler steps to unroll (must match the qsched.json)."),
     height: int = typer.Option(None, "--height", help="Image height (default: the model's)."),
     width: int = typer.Option(None, "--width", help="Image width (default: the model's)."),
+    max_sequence_length: int = typer.Option(None, "--max-sequence-length", help="T5 length of FLUX-class models (default: the model's, at most 512)."),
     batch: int = typer.Option(1, "--batch", help="Static batch size."),
     guidance: float = typer.Option(None, "--guidance", "-g", help="Guidance scale (default: the qsched.json's, else the model's own default, printed with its reason)."),
     gamma: float = typer.Option(None, "--gamma", help="TCD's gamma (default 0.3)."),
@@ -50,7 +51,8 @@ def export(
             console.print(f"[dim]no --coeffs given: using {found}[/]", highlight=False)
         config = ExportConfig(out=out or outputs.export_dir(model, chosen.name, steps), model=model, scheme=chosen.name, coeffs=found, steps=steps,
                               height=height, width=width, batch=batch, guidance_scale=guidance, gamma=gamma, opset=opset, fuse=fuse,
-                              overwrite=overwrite, prompt=prompt or DEFAULT_PROMPT, loras=loras, negative_prompt=negative_prompt)
+                              overwrite=overwrite, prompt=prompt or DEFAULT_PROMPT, loras=loras, negative_prompt=negative_prompt,
+                              text_length=max_sequence_length)
         artifact = export_artifact(config, progress=progress_printer())
         manifest = load_manifest(artifact, verify=False)
         report = manifest.quantization

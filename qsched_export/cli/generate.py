@@ -24,6 +24,7 @@ def generate(
     gamma: float = typer.Option(None, "--gamma", help="TCD's gamma (eta): 0 is deterministic (default 0.3)."),
     height: int = typer.Option(None, "--height", help="Image height (default: the model's)."),
     width: int = typer.Option(None, "--width", help="Image width (default: the model's)."),
+    max_sequence_length: int = typer.Option(None, "--max-sequence-length", help="T5 length of FLUX-class models (default: the model's, at most 512)."),
     out: Path = typer.Option(Path("image.png"), "--out", "-o", help="Output PNG."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model folder's own Python code to run."),
 ) -> None:
@@ -52,7 +53,7 @@ def generate(
         if guidance is None and isinstance(source, QSchedFile):
             guidance = source.guidance_scale
         backbone = open_backbone(model, scheduler=scheduler, loras=parse_loras(lora), guidance=guidance, height=height, width=width,
-                                 negative_prompt=negative_prompt, trust_remote_code=trust_remote_code)
+                                 negative_prompt=negative_prompt, text_length=max_sequence_length, trust_remote_code=trust_remote_code)
         console.print(f"[dim]{backbone.describe()}[/]", highlight=False)
         _, images = run_generate(backbone, [prompt], steps=steps, seed=seed, coefficients=coefficients, gamma=gamma)
         with atomic_file(out, "wb") as f:

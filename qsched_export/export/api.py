@@ -56,6 +56,7 @@ class ExportConfig:
         loras (`tuple[LoraSpec, ...]`): LoRAs fused into the weights before quantization; they must be the
             ones the qsched.json was calibrated with.
         negative_prompt (`str`): the negative prompt baked into the denoise graph with classifier-free guidance.
+        text_length (`int`, optional): the T5 length of FLUX-class models (None = the model's).
         fuse (`bool`): one pipeline.onnx instead of three graphs.
         overwrite (`bool`): replace an existing `out`.
         prompt, seed: the golden parity data's prompt (repeated `batch` times) and noise seed.
@@ -79,6 +80,7 @@ class ExportConfig:
     seed: int = 0
     loras: tuple[LoraSpec, ...] = ()
     negative_prompt: str = ""
+    text_length: int | None = None
 
     def __post_init__(self):
         from qsched_export.quant import get_scheme
@@ -199,7 +201,7 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
     calib = _read_calibration(config, scheme)
     note(f"loading {config.model or 'the embedded sample'}")
     backbone = open_backbone(config.model, loras=config.loras, guidance=calib.guidance_scale, height=config.height, width=config.width,
-                             negative_prompt=config.negative_prompt)
+                             negative_prompt=config.negative_prompt, text_length=config.text_length)
     plan = backbone.plan(config.steps, **({"gamma": config.gamma} if config.gamma is not None else {}))
     _check_against(calib, config, backbone, plan)
     coeffs = calib.coefficients or QSchedCoefficients.ones(plan.num_steps)
@@ -228,6 +230,7 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
         golden.update({f"{name}/final_latents": final.numpy(), f"{name}/first_latents": first.numpy(),
                        f"{name}/image": backbone.decode(final).numpy()})
 
+    note(backbone.describe())
     reference("fp32", UnrolledDenoise(backbone.denoiser(), plan, coeffs, num_cond))
     model, report = backbone.scheme_model(scheme)
     if scheme.static_activations:
