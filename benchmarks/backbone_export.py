@@ -42,33 +42,6 @@ def build(args, folder: Path) -> Path:
     return save_full_width_flux(folder, double=args.double, single=args.single, small=args.small)
 
 
-def write_ranges(model: Path, out: Path, schemes: list[str]) -> Path:
-    """All-ones coefficients for one step, and activation ranges observed on one step for the static schemes."""
-    import torch
-
-    from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
-    from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
-    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges
-    from qsched_export.sampler import QSchedCoefficients, sample_loop
-
-    backbone = open_backbone(str(model))
-    plan = backbone.plan(1)
-    cond = backbone.encode(["two small red circles on a blue background"])
-    latents, noises = draw_noise(plan, backbone.latent_shape(1), torch.Generator().manual_seed(1))
-    entries = {}
-    for name in schemes:
-        ranges = {}
-        if get_scheme(name).static_activations:
-            model_q, _ = backbone.scheme_model(name)
-            with torch.no_grad(), observe_ranges(model_q):
-                sample_loop(denoise_fn(backbone.denoiser(model_q), cond), plan, latents, noises)
-            ranges = activation_ranges(model_q)
-            del model_q
-        entries[name] = SchemeEntry(QSchedCoefficients.ones(1), activation_ranges=ranges)
-    write_qsched(out, QSchedFile(backbone.source.id, plan.family, 1, backbone.guidance.scale, entries, plan.to_dict()))
-    return out
-
-
 def one_scheme(args) -> dict:
     """Child process: export one scheme, time ONNX Runtime on the golden inputs, report peak RSS."""
     import numpy as np
@@ -135,7 +108,10 @@ def main() -> None:
         work = Path(tmp)
         model = build(args, work / "model")
         built_s = time.perf_counter() - started
-        qsched = write_ranges(model, work / "qsched.json", args.schemes)
+        from qsched_export.testing import write_observed_qsched
+
+        qsched = write_observed_qsched(model, work / "qsched.json", tuple(args.schemes), steps=1, seed=1,
+                                       prompts=("two small red circles on a blue background",))
         from qsched_export.pipeline import open_backbone
 
         backbone = open_backbone(str(model))

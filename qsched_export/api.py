@@ -34,6 +34,11 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+def _check_bits(bits: int) -> None:
+    if bits not in BITS:
+        raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """One build.
@@ -70,8 +75,7 @@ class BuildConfig:
     loras: tuple[LoraSpec, ...] = ()
 
     def validate(self) -> "BuildConfig":
-        if self.bits not in BITS:
-            raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {self.bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
+        _check_bits(self.bits)
         if self.steps is not None and self.steps < 1:
             raise QSchedError(f"steps must be >= 1, got {self.steps}", "pass --steps 4")
         if self.seed < 0:
@@ -117,8 +121,7 @@ class BundleConfig:
     loras: tuple[LoraSpec, ...] = ()
 
     def validate(self) -> "BundleConfig":
-        if self.bits not in BITS:
-            raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {self.bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
+        _check_bits(self.bits)
         if self.from_artifact is not None and (self.model is not None or self.loras or self.coeffs is not None):
             raise QSchedError("--from bundles an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
         return self

@@ -193,7 +193,7 @@ def save_full_size_sdxl(folder: Path, *, small: bool = False) -> Path:
     1024x1024 px) with random weights, one-layer text encoders of SDXL's widths (context 768 + 1280,
     pooled 1280) and a narrow 4-block VAE (scale factor 8): the benchmarks time and size the UNet.
     SDXL-Turbo's sampler (Euler-ancestral, trailing). `small`: the same shapes at 1/8 width, to test it."""
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     w = 8 if small else 1
@@ -247,3 +247,30 @@ def save_full_width_flux(folder: Path, *, double: int = 2, single: int = 4, smal
                         tokenizer=clip_tokenizer(folder / "_tok", max_length=77), tokenizer_2=t5_tokenizer(max_length=256))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def write_observed_qsched(model_dir: Path, out: Path, schemes: tuple[str, ...], *, steps: int, guidance: float | None = None,
+                          coefficients=None, gamma: float | None = None, prompts: tuple[str, ...] = ("a red circle",), seed: int = 0) -> Path:
+    """A qsched.json without the JAQ search, for tests and benchmarks: `coefficients` (default all
+    ones) for every scheme, and for schemes with static activations the ranges observed on one
+    sampler run of `prompts` (as calibration observes them, along the unscaled trajectory)."""
+    from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
+    from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
+    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges
+    from qsched_export.sampler import QSchedCoefficients, sample_loop
+
+    backbone = open_backbone(str(model_dir), guidance=guidance)
+    plan = backbone.plan(steps, **({"gamma": gamma} if gamma is not None else {}))
+    cond = backbone.encode(list(prompts))
+    latents, noises = draw_noise(plan, backbone.latent_shape(len(prompts)), torch.Generator().manual_seed(seed))
+    entries = {}
+    for name in schemes:
+        ranges = {}
+        if get_scheme(name).static_activations:
+            model, _ = backbone.scheme_model(name)
+            with torch.no_grad(), observe_ranges(model):
+                sample_loop(denoise_fn(backbone.denoiser(model), cond), plan, latents, noises)
+            ranges = activation_ranges(model)
+        entries[name] = SchemeEntry(coefficients or QSchedCoefficients.ones(steps), activation_ranges=ranges)
+    write_qsched(out, QSchedFile(backbone.source.id, plan.family, steps, backbone.guidance.scale, entries, plan.to_dict()))
+    return out

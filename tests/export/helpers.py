@@ -6,38 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 SCHEMES = ("fp32", "w8a8", "w4a8", "w4a16")
 
 
 def write_calibration(model_dir: Path, out: Path, *, steps: int = 4, guidance: float = 2.0, gamma: float | None = None,
                       schemes=SCHEMES, coefficients=None) -> Path:
-    """Observe each scheme's activation ranges on two prompts (as calibration does) and write a
-    qsched.json holding them, with ramp coefficients (or `coefficients`)."""
-    from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
-    from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
-    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges
-    from qsched_export.sampler import QSchedCoefficients, sample_loop
+    """A qsched.json with each scheme's activation ranges observed on two prompts (as calibration
+    observes them) and ramp coefficients (or `coefficients`)."""
+    from qsched_export.sampler import QSchedCoefficients
+    from qsched_export.testing import write_observed_qsched
 
-    backbone = open_backbone(str(model_dir), guidance=guidance)
-    plan = backbone.plan(steps, **({"gamma": gamma} if gamma is not None else {}))
-    coefficients = coefficients or QSchedCoefficients.ramp((0.95, 1.0), (1.05, 1.0), steps)
-    prompts = ["a red circle", "two blue squares"]
-    cond = backbone.encode(prompts)
-    latents, noises = draw_noise(plan, backbone.latent_shape(2), torch.Generator().manual_seed(1))
-    entries = {}
-    for name in schemes:
-        ranges = {}
-        if get_scheme(name).static_activations:  # only static int8 activations need observed ranges
-            model, _ = backbone.scheme_model(name)
-            with torch.no_grad(), observe_ranges(model):
-                sample_loop(denoise_fn(backbone.denoiser(model), cond), plan, latents, noises)
-            ranges = activation_ranges(model)
-        entries[name] = SchemeEntry(coefficients, activation_ranges=ranges)
-    qfile = QSchedFile(model=str(model_dir), family=plan.family, steps=steps, guidance_scale=guidance, schemes=entries, sampler_plan=plan.to_dict())
-    write_qsched(out, qfile)
-    return out
+    return write_observed_qsched(model_dir, out, tuple(schemes), steps=steps, guidance=guidance, gamma=gamma, seed=1,
+                                 coefficients=coefficients or QSchedCoefficients.ramp((0.95, 1.0), (1.05, 1.0), steps),
+                                 prompts=("a red circle", "two blue squares"))
 
 
 def run_artifact(artifact: Path) -> dict[str, np.ndarray]:
