@@ -34,7 +34,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 def quality_section(data: dict, title: str) -> str:
     cfg = data["config"]
     out = [f"## {title} ({data['device']})",
-           f"`python benchmarks/quality.py" + (f" --model {cfg['model']}" if cfg.get("model") else "")
+           "`python benchmarks/quality.py" + (f" --model {cfg['model']}" if cfg.get("model") else "")
            + f" --device {cfg['device']} --prompts {cfg['prompts']} --seeds {cfg['seeds']} --guidance {cfg['guidance']:g} "
            f"--schemes {' '.join(cfg['schemes'])}" + (f" --range {cfg['range'][0]:g} {cfg['range'][1]:g}" if "range" in cfg else "") + "` — "
            f"{cfg['prompts']} held-out prompts x {cfg['seeds']} seeds (mean ± 95% CI over seeds). Scored with the evaluation judge "

@@ -46,7 +46,7 @@ def test_build_checks_and_runs(calibrated_case, case, target, bits, tmp_path):
     model, qsched = calibrated_case(case)
     out = tmp_path / "built"
     text = _ok("build", "--target", target, "--bits", str(bits), "--model", str(model), "--coeffs", str(qsched), "--out", str(out))
-    assert f"PASSED | onnxruntime" in text
+    assert "PASSED | onnxruntime" in text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["backbone"] == CASES[case][0] and manifest["guidance_scale"] == CASES[case][2]
     assert len(manifest["tokenizers"]) == 2  # SDXL: two CLIP tokenizers; FLUX: CLIP and T5
