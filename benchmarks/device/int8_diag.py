@@ -274,6 +274,15 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 def _int_reference(node, ins: dict[str, np.ndarray]) -> np.ndarray:
     """The exact integer result of one QLinearConv / QLinearMatMul from its own quantized inputs."""
     attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "MatMulIntegerToFloat":  # float output: compared in units of |output| max
+        a, b, sa, sb = (ins[n] for n in node.input[:4])
+        za = ins[node.input[4]] if len(node.input) > 4 and node.input[4] else np.zeros((), a.dtype)
+        zb = ins[node.input[5]] if len(node.input) > 5 and node.input[5] else np.zeros((), b.dtype)
+        acc = (a.astype(np.float64) - za.astype(np.float64)) @ (b.astype(np.float64) - zb.astype(np.float64))
+        out = acc * (np.float64(sa) * sb.astype(np.float64))
+        if len(node.input) > 6 and node.input[6]:
+            out = out + ins[node.input[6]].astype(np.float64)
+        return out
     if node.op_type == "QLinearMatMul":
         a, sa, za, b, sb, zb, sy, zy = (ins[n] for n in node.input[:8])
         acc = (a.astype(np.float64) - za.astype(np.float64)) @ (b.astype(np.float64) - zb.astype(np.float64))
@@ -334,7 +343,7 @@ def analyse_artifact(folder: Path) -> dict:
             counts[f"{n.domain + ':' if n.domain else ''}{n.op_type}"] = counts.get(f"{n.domain + ':' if n.domain else ''}{n.op_type}", 0) + 1
         result["optimized_ops"] = dict(sorted(counts.items()))
         inits = {t.name: numpy_helper.to_array(t) for t in opt.graph.initializer}
-        qnodes = [n for n in opt.graph.node if n.op_type in ("QLinearConv", "QLinearMatMul")]
+        qnodes = [n for n in opt.graph.node if n.op_type in ("QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat")]
         wanted = []
         for n in qnodes:
             wanted += [t for t in (*n.input, *n.output) if t and t not in inits]
@@ -359,10 +368,17 @@ def analyse_artifact(folder: Path) -> dict:
                 nodes.append({"node": n.name, "op": n.op_type, "error": str(exc)})
                 continue
             got = values[n.output[0]]
-            row = {"node": n.name, "op": n.op_type, "x_dtype": str(ins[n.input[0]].dtype), "w_dtype": str(ins[n.input[3]].dtype),
-                   "w_absmax": int(np.abs(ins[n.input[3]].astype(np.int64) - ins[n.input[5]].astype(np.int64).reshape(
-                       (-1,) + (1,) * (ins[n.input[3]].ndim - 1) if ins[n.input[5]].ndim and n.op_type == "QLinearConv" else ())).max()),
-                   "shape_w": list(ins[n.input[3]].shape), **_steps(got, want)}
+            w_name = n.input[1] if n.op_type == "MatMulIntegerToFloat" else n.input[3]
+            row = {"node": n.name, "op": n.op_type, "x_dtype": str(ins[n.input[0]].dtype), "w_dtype": str(ins[w_name].dtype),
+                   "w_absmax": int(np.abs(ins[w_name].astype(np.int64)).max()), "shape_w": list(ins[w_name].shape)}
+            if n.op_type == "MatMulIntegerToFloat":
+                # Float output: errors in units of one int8 step of the output's range (max|y| / 127).
+                unit = max(float(np.abs(want).max()), 1e-30) / 127
+                err = np.abs(got.astype(np.float64) - want) / unit
+                row |= {"n": int(err.size), "exact": float(np.mean(err < 1e-3)), "off_by_1": float(np.mean((err >= 1e-3) & (err < 1.5))),
+                        "off_by_2_plus": float(np.mean(err >= 1.5)), "max_steps": float(err.max())}
+            else:
+                row |= _steps(got, want)
             nodes.append(row)
         result["nodes"] = nodes
     bad = [r for r in nodes if r.get("off_by_2_plus", 0) > 0 or "error" in r]
@@ -374,7 +390,7 @@ def analyse_artifact(folder: Path) -> dict:
             log(f"    {r['op']:13} {r['node'][:60]:60} unanalysed: {r['error']}")
         else:
             log(f"    {r['op']:13} {r['node'][:60]:60} w{r['shape_w']} |w|<={r['w_absmax']:3d} x:{r['x_dtype']:5} exact {r['exact']:.4f} "
-                f"±1 {r['off_by_1']:.4f} ≥2 {r['off_by_2_plus']:.4f} max {r['max_steps']}")
+                f"±1 {r['off_by_1']:.4f} ≥2 {r['off_by_2_plus']:.4f} max {r['max_steps']:.3g}")
     return result
 
 

@@ -66,8 +66,11 @@ def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names,
 
 
 def pack_int4_weights(model) -> int:
-    """Turn the int8 initializers feeding block-wise DequantizeLinear (values in [-8, 7]) into INT4
-    initializers (two per byte, first in the low nibble, as ONNX and TensorRT pack). Returns the count."""
+    """Turn the int8 initializers that hold int4 values (in [-8, 7]) into INT4 initializers (two
+    per byte, first in the low nibble, as ONNX and TensorRT pack): those feeding a blockwise
+    DequantizeLinear (w4a16, w4a8), and those a CastLike turns to float, which only the
+    exporter's int4 -> int8 requantization writes (w4a8s, `qdq._RequantizedWeight`); those
+    become `Cast(to=FLOAT)`. Returns the count."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -75,10 +78,14 @@ def pack_int4_weights(model) -> int:
     inits = {t.name: t for t in model.graph.initializer}
     packed = 0
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or not any(a.name == "block_size" and a.i > 0 for a in node.attribute):
+        marker = node.op_type == "CastLike"
+        blockwise = node.op_type == "DequantizeLinear" and any(a.name == "block_size" and a.i > 0 for a in node.attribute)
+        if not (blockwise or marker):
             continue
         tensor = inits.get(node.input[0])
         if tensor is None or tensor.data_type != onnx.TensorProto.INT8:
+            if marker:
+                raise ValueError(f"{node.name}: CastLike's input {node.input[0]} is not an int8 initializer (int4 weights)")
             continue
         values = numpy_helper.to_array(tensor).ravel()
         if values.min(initial=0) < -8 or values.max(initial=0) > 7:
@@ -86,6 +93,11 @@ def pack_int4_weights(model) -> int:
         nibbles = (np.pad(values, (0, values.size % 2)).astype(np.uint8) & 0xF)
         tensor.raw_data = (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
         tensor.data_type = onnx.TensorProto.INT4
+        if marker:
+            # ONNX Runtime does not constant-fold CastLike (a function op): make it the Cast it means.
+            del node.input[1:]
+            node.op_type = "Cast"
+            node.attribute.append(onnx.helper.make_attribute("to", onnx.TensorProto.FLOAT))
         packed += 1
     return packed
 

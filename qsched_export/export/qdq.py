@@ -6,15 +6,26 @@ scales it holds, whatever the surrounding graph looks like after tracing (MatMul
 transposed weights, folded constants), and the int weights are module buffers, so the N unrolled
 steps share one initializer per weight like the float parameters do.
 
-Per layer (`QuantLayer` docstring for the numerics):
-  static int8 activations (w8a8):  x -> Q -> DQ -> MatMul/Conv(no bias) [-> Q -> DQ] -> Add(bias)
+Per layer (`QuantLayer` docstring for the numerics; placements in runtimes/schemes.py):
+  static int8 activations, placement "onnxruntime":
+     Conv:    x -> Q -> DQ -> Conv(DQ(W), DQ(int32 bias)) -> Q -> DQ       (ORT: QLinearConv with bias)
+     Linear:  x -> Q -> DQ -> MatMul(DQ(W)) -> Add(bias shaped [1, .., N]) (ORT: MatMulIntegerToFloat + Add;
+              a 1-D bias would let ORT's MatMulAddFusion turn MatMul + Add into a Gemm first, which
+              breaks the int8 fusion: measured 3x slower on a 4096x320x320 layer)
+  static int8 activations, placement "tensorrt":
+     x -> Q -> DQ -> MatMul/Conv(DQ(W)) -> Add(bias)                       (TensorRT fuses the rest)
   weights:  int8 initializer -> DequantizeLinear(per output channel: MatMul [K,N] axis 1, Conv KCRS axis 0)
             int4 initializer -> DequantizeLinear(axis 0 = K, block_size = group) -> MatMul   (w4a16, opset 21)
             int4 initializer -> DequantizeLinear(axis 1 = C, block_size = group) -> Conv     (w4a8, ONNX Runtime only)
+            int4 initializer -> Cast(float) * expanded block scale / int8 scale -> Round -> Clip
+                 -> Cast(int8) -> DequantizeLinear(per channel)                             (w4a8s)
+            ONNX Runtime constant-folds that chain when the session loads (it never folds a
+            DequantizeLinear), so the int8 kernels fuse as for w8a8 and the file keeps int4's size.
   w4a8 (ONNX Runtime): com.microsoft MatMulNBits(bits 4, block = group, accuracy_level 4), whose
             int8 per-block dynamic activation quantization `numerics.dynamic_block_fake_quant` simulates.
-The full Q/DQ pattern around MatMul/Conv is what ONNX Runtime fuses to QLinearMatMul/QLinearConv,
-and it has zero points 0 and per-channel weight axes as TensorRT's explicit quantization demands.
+  int8 attention: Q/DQ on q / sqrt(d), k, v and softmax(q kᵀ) (`QuantAttention`): ORT runs both
+            products as MatMulIntegerToFloat, TensorRT takes them as its quantized BMM inputs.
+Zero points are 0 and weight axes per output channel, as TensorRT's explicit quantization demands.
 Zero points are int8 constants on activations (QuantizeLinear defaults to uint8 without one) and
 absent on weights (DequantizeLinear then takes the weight's own type).
 """
@@ -26,17 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsched_export.errors import QSchedError
-from qsched_export.quant import QuantConv2d, QuantLayer, QuantLinear, numerics
+from qsched_export.quant import QuantAttention, QuantConv2d, QuantLayer, QuantLinear, numerics
+from runtimes.schemes import FORM_FP16, FORM_FP32, FORM_NBITS, FORM_QDQ  # noqa: F401 (re-exported for export/api.py)
 
-# How a scheme is written in the graph (`Manifest.target_form`).
-FORM_FP32, FORM_FP16, FORM_QDQ, FORM_NBITS = "fp32", "fp16", "qdq", "matmulnbits"
 MATMULNBITS_ACCURACY_LEVEL = 4  # int8 compute: activations quantized per block at run time
 
 
 def target_form(scheme) -> str:
-    if not scheme.quantized:
-        return FORM_FP16 if scheme.float_dtype == "float16" else FORM_FP32
-    return FORM_NBITS if scheme.linear is not None and scheme.linear.act_mode == "dynamic" else FORM_QDQ
+    """How `scheme` is written in the graph (`Scheme.target_form`)."""
+    return scheme.target_form
 
 
 class _QuantDequant(torch.autograd.Function):
@@ -68,6 +77,44 @@ class _DequantizeWeight(torch.autograd.Function):
     def symbolic(g, qweight, scale, axis, block_size):
         attrs = {"axis_i": axis} | ({"block_size_i": block_size} if block_size else {})
         return g.op("DequantizeLinear", qweight, scale, **attrs)
+
+
+class _RequantizedWeight(torch.autograd.Function):
+    """int4 block weight -> int8 per channel, then DequantizeLinear: what `QuantLayer.requantized_weight`
+    computes, written with ops ONNX Runtime constant-folds at session load (Cast, Unsqueeze,
+    Expand, Reshape, Slice, Mul, Div, Round, Clip); only the DequantizeLinear stays in the graph."""
+
+    @staticmethod
+    def forward(ctx, q4, s4, s8, block_axis, block, channel_axis, qmax):
+        s4e = s4.repeat_interleave(block, dim=block_axis).narrow(block_axis, 0, q4.shape[block_axis])
+        s8e = s8.reshape([-1 if d == channel_axis else 1 for d in range(q4.ndim)])
+        q8 = torch.round(q4.to(torch.float32) * s4e / s8e).clamp_(-qmax - 1, qmax)
+        return q8 * s8e
+
+    @staticmethod
+    def symbolic(g, q4, s4, s8, block_axis, block, channel_axis, qmax):
+        from torch.onnx import symbolic_helper
+
+        rank = symbolic_helper._get_tensor_rank(q4)
+        q_sizes, s_sizes = q4.type().sizes(), s4.type().sizes()
+        const = lambda v, dtype=torch.int64: g.op("Constant", value_t=torch.tensor(v, dtype=dtype))  # noqa: E731
+        expanded = list(s_sizes)
+        expanded.insert(block_axis + 1, block)
+        flat = list(s_sizes)
+        flat[block_axis] = s_sizes[block_axis] * block
+        s4e = g.op("Unsqueeze", s4, const([block_axis + 1]))
+        s4e = g.op("Expand", s4e, const(expanded))
+        s4e = g.op("Reshape", s4e, const(flat))
+        s4e = g.op("Slice", s4e, const([0]), const([q_sizes[block_axis]]), const([block_axis]))
+        s8e = g.op("Reshape", s8, const([-1 if d == channel_axis else 1 for d in range(rank)]))
+        # CastLike, not Cast: torch.onnx's constant folding folds Cast(int8 buffer) into a float
+        # initializer (4x the bytes), and knows nothing of CastLike. onnx_io.pack_int4_weights
+        # packs the buffer to INT4 behind it.
+        w = g.op("Div", g.op("Mul", g.op("CastLike", q4, s8), s4e), s8e)
+        w = g.op("Clip", g.op("Round", w), const(-qmax - 1.0, torch.float32), const(float(qmax), torch.float32))
+        out = g.op("DequantizeLinear", g.op("Cast", w, to_i=3), s8, axis_i=channel_axis)  # 3 = INT8
+        out.setType(q4.type().with_dtype(torch.float32))  # Conv's exporter needs the kernel's shape
+        return out
 
 
 class _MatMulNBits(torch.autograd.Function):
@@ -121,6 +168,13 @@ class _ExportLayer(nn.Module):
             y = _QuantDequant.apply(y, self.output_scale)
         return y if self.bias is None else y + self.bias.view(bias_shape)
 
+    def _weight(self, axis: int, block_axis: int) -> torch.Tensor:
+        """The float weight the product takes: DQ(int8), DQ(int4 block), or int4 requantized to int8."""
+        if self.spec.requant_bits:
+            return _RequantizedWeight.apply(self.qweight, self.weight_scale, self.requant_scale, block_axis, self.spec.group_size, axis,
+                                            numerics.QMAX[self.spec.int8_weight_bits])
+        return _DequantizeWeight.apply(self.qweight, self.weight_scale, self.axis, self.block_size)
+
 
 class ExportLinear(_ExportLayer):
     def __init__(self, layer: QuantLinear, form: str):
@@ -138,14 +192,17 @@ class ExportLinear(_ExportLayer):
             self.register_buffer("qweight", qweight.t().contiguous())
             self.register_buffer("weight_scale", layer.weight_scale.detach().t().contiguous())
             self.axis, self.block_size = (0, group) if group else (1, 0)
+            if self.spec.requant_bits:
+                self.register_buffer("requant_scale", layer.requant_scale.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._activation(x)
         if self.form == FORM_NBITS:
             y = _MatMulNBits.apply(x, self.packed_weight, self.nbits_scales, *self.nbits_shape)
         else:
-            y = torch.matmul(x, _DequantizeWeight.apply(self.qweight, self.weight_scale, self.axis, self.block_size))
-        return self._finish(y, (-1,))
+            y = torch.matmul(x, self._weight(axis=1, block_axis=0))
+        # A bias of the product's rank: ORT fuses a 1-D bias Add with MatMul into Gemm (see above).
+        return self._finish(y, (1,) * (y.ndim - 1) + (-1,) if self.spec.static_activations and not self.spec.quantize_outputs else (-1,))
 
 
 class ExportConv2d(_ExportLayer):
@@ -158,16 +215,32 @@ class ExportConv2d(_ExportLayer):
         self.register_buffer("weight_scale", layer.weight_scale.detach().clone())
         # Per output channel along axis 0, or blocks of input channels along axis 1 (int4).
         self.axis, self.block_size = (1, self.spec.group_size) if self.spec.group_size else (0, 0)
+        if self.spec.requant_bits:
+            self.register_buffer("requant_scale", layer.requant_scale.detach().clone())
+        if self.spec.bias_int32 and self.bias is not None:
+            self.register_buffer("qbias", layer.bias_int32())
+            self.register_buffer("bias_scale", layer.bias_scale().detach().clone())
         self.conv_args = (m.stride, m.padding, m.dilation, m.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _DequantizeWeight.apply(self.qweight, self.weight_scale, self.axis, self.block_size)
+        weight = self._weight(axis=0, block_axis=1)
+        if self.spec.bias_int32 and self.bias is not None:
+            # The int32 bias inside the quantized output: ORT fuses the three DQs, Conv and Q to QLinearConv with bias.
+            bias = _DequantizeWeight.apply(self.qbias, self.bias_scale, 0, 0)
+            return _QuantDequant.apply(F.conv2d(self._activation(x), weight, bias, *self.conv_args), self.output_scale)
         y = F.conv2d(self._activation(x), weight, None, *self.conv_args)
         return self._finish(y, (1, -1, 1, 1))
 
 
 def swap_for_export(model: nn.Module, form: str) -> int:
-    """Replace every `QuantLayer` of `model` in place by its export stand-in; returns how many."""
+    """Replace every `QuantLayer` of `model` in place by its export stand-in, and make every int8
+    attention processor emit QuantizeLinear/DequantizeLinear nodes; returns how many layers."""
+    for m in model.modules():
+        processor = getattr(m, "processor", None)
+        if isinstance(processor, QuantAttention):
+            if processor.mode != "quant":
+                raise QSchedError(f"attention {processor.name} is in {processor.mode!r} mode", "export a model in quant mode (set_mode(model, 'quant'))")
+            processor.qdq = _QuantDequant.apply
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
     for name, layer in layers:
         if layer.mode != "quant":
