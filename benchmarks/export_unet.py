@@ -4,8 +4,13 @@ TensorRT (w4a16 block DQ), all measured in one process on this machine.
 
 Default: an SD1.5-sized UNet2DConditionModel with random weights (64x64 latent = 512x512 image,
 1 step, batch 1, no CFG), in a pipeline with a small text encoder and VAE so the real exporter
-runs end to end. Activation ranges for w8a8 come from one observed UNet call (random weights:
-this measures speed and size, not image quality). `--small`: the embedded sample, 4 steps unrolled.
+runs end to end. Activation ranges come from one observed UNet call (random weights: this
+measures speed and size, not image quality). `--small`: the embedded sample, 4 steps unrolled.
+
+Schemes are ONNX Runtime's forms (`runtimes.schemes.scheme_for("onnxruntime", ...)`), named
+`<scheme>[+attn][@7bit|@full]`: `w8a8` (weight range detected on this CPU), `w8a8+attn` (int8
+attention), `w8a8@7bit`, `w4a8s` (int4 stored, int8 kernels), `w4a8` (MatMulNBits + block-int4
+Conv), `w4a16` (TensorRT's INT4 form, run on ORT), `fp32`.
 
     python benchmarks/export_unet.py --out results/export_unet.json
     python benchmarks/export_unet.py --small --out results/export_small.json
@@ -28,8 +33,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SCHEMES = ("fp32", "w8a8", "w4a8", "w4a16")
-FUSED_OPS = ("QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear", "QuantizeLinear")
+# This checkout's packages, not an installed copy's (the script runs from benchmarks/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SCHEMES = ("fp32", "w8a8", "w8a8+attn", "w4a8s", "w4a8")
+FUSED_OPS = ("QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear",
+             "QuantizeLinear")
+
+
+def scheme_of(spec: str):
+    """`w8a8+attn@7bit` -> the ONNX Runtime scheme (placement, weight range, int8 attention)."""
+    from qsched_export.quant import get_scheme, scheme_for
+
+    name, _, weight_range = spec.partition("@")
+    name, attn, _ = name.partition("+attn")
+    base = get_scheme(name)
+    return scheme_for("onnxruntime", base.bits, scheme=name, weight_range=weight_range or None, int8_attention=bool(attn) or "+attn" in spec)
 
 
 def build_sd15_pipeline(folder: Path) -> Path:
@@ -69,18 +88,17 @@ def write_ranges(model: Path, steps: int, guidance: float, out: Path) -> Path:
     cond = encode_prompts(pipe, ["two small red circles on a blue background"], guidance)
     latents, noises = draw_noise(plan, latent_shape(pipe, 1, None, None), torch.Generator().manual_seed(1))
     ones = QSchedCoefficients.ones(steps)
+    # Ranges are float-model observations: one observed run (with int8 attention, so the q/k/v
+    # ranges are there too) serves every scheme with static activations.
+    unet = copy.deepcopy(pipe.unet)
+    quantize_model(unet, scheme_of("w8a8+attn"))
+    with torch.no_grad(), observe_ranges(unet):
+        sample_loop(denoise_fn(UNetDenoiser(unet, guidance), cond), plan, latents, noises)
+    ranges = activation_ranges(unet)
+    del unet
     entries = {}
-    for name in SCHEMES:
-        scheme = get_scheme(name)
-        if not scheme.static_activations:
-            entries[name] = SchemeEntry(ones)
-            continue
-        unet = copy.deepcopy(pipe.unet)
-        quantize_model(unet, scheme)
-        with torch.no_grad(), observe_ranges(unet):
-            sample_loop(denoise_fn(UNetDenoiser(unet, guidance), cond), plan, latents, noises)
-        entries[name] = SchemeEntry(ones, activation_ranges=activation_ranges(unet))
-        del unet
+    for name in ("fp32", "w8a8", "w4a8", "w4a8s", "w4a16"):
+        entries[name] = SchemeEntry(ones, activation_ranges=ranges if get_scheme(name).static_activations else {})
     write_qsched(out, QSchedFile(model=str(model), family=plan.family, steps=steps, guidance_scale=guidance, schemes=entries))
     return out
 
@@ -153,12 +171,13 @@ def run(model: str | None, qsched: Path | None, steps: int, guidance: float | No
         else:
             print(f"[{scheme}] exporting ...", flush=True)
             start = time.perf_counter()
-            export_artifact(ExportConfig(out=artifact, model=model, scheme=scheme, coeffs=qsched, steps=steps, guidance_scale=guidance))
+            export_artifact(ExportConfig(out=artifact, model=model, scheme=scheme_of(scheme), coeffs=qsched, steps=steps, guidance_scale=guidance))
             export_s = round(time.perf_counter() - start, 2)
         manifest = load_manifest(artifact, verify=False)
         size = sum(p.stat().st_size for p in artifact.glob("denoise.onnx*"))
         print(f"[{scheme}] {size / 1e9:.3f} GB", flush=True)
-        results[scheme] = {"target_form": manifest.target_form, "opset": manifest.opset, "export_s": export_s,
+        results[scheme] = {"target_form": manifest.target_form, "weight_range": manifest.scheme.get("weight_range"),
+                           "int8_attention": manifest.scheme.get("int8_attention"), "opset": manifest.opset, "export_s": export_s,
                            "export_graph_s": manifest.quantization["export_seconds"].get("denoise"), "denoise_bytes": size,
                            "quantized_layers": manifest.quantization["exported_layers"]}
         gc.collect()
@@ -249,9 +268,14 @@ def main() -> None:
 
             resolve_model(None)  # fails with a clear message while the sample is missing
             steps, guidance, model = 4, None, None
-            qsched = SAMPLE_MODEL / "qsched.json"
+            # The sample's calibrated guidance, and ranges observed here for every scheme (its
+            # qsched.json holds no int8-attention or w4a8s entries); coefficients 1 (speed, not quality).
+            from qsched_export.qsched_file import read_qsched
+
+            sample_guidance = read_qsched(SAMPLE_MODEL / "qsched.json").guidance_scale
+            qsched = work / "qsched.json"
             if not qsched.is_file():
-                qsched = write_ranges(SAMPLE_MODEL, steps, 7.5, work / "qsched.json")
+                write_ranges(SAMPLE_MODEL, steps, sample_guidance, qsched)
             title = "embedded sample, 4 steps unrolled"
         else:
             steps, guidance = 1, 1.0
@@ -266,7 +290,9 @@ def main() -> None:
             title = "SD1.5-sized UNet (random weights), 64x64 latent, 1 step, batch 1, no CFG"
         results = run(model, qsched, steps, guidance, args.runs, schemes, work, args.profile)
         unrolled = export_unrolled(model, args.unrolled, guidance, work) if args.unrolled else None
-    report = {"title": title, "unrolled_fp32_export": unrolled, "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+    from runtimes import cpu
+
+    report = {"title": title, "unrolled_fp32_export": unrolled, "machine": {"cpu": cpu.probe().to_dict(), "threads": torch.get_num_threads()},
               "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "runs": args.runs, "results": results}
     print_table(title, results)
     if args.out:
