@@ -218,8 +218,9 @@ class Scheme:
 
     @property
     def block_weights(self) -> bool:
-        """Whether any weight is stored in blocks (needs opset 21's blocked DequantizeLinear / INT4)."""
-        return any(spec.group_size is not None for spec in self.layers)
+        """Whether any weight is dequantized in blocks in the graph (opset 21's blocked
+        DequantizeLinear and INT4 type); w4a8s' int4 blocks are unpacked by plain ops instead."""
+        return any(spec.group_size is not None and spec.requant_bits is None for spec in self.layers)
 
     @property
     def exportable(self) -> bool:

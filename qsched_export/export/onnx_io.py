@@ -74,23 +74,35 @@ def _without_ir_lint() -> Iterator[None]:
 ONNX_TO_NUMPY = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 11: "float64"}
 
 
+EXPORTER_ENV = "QSCHED_EXPORTER"  # "dynamo": torch.onnx's dynamo exporter instead (docs/EXPORTER.md)
+EXPORTERS = ("torchscript", "dynamo")
+
+
 def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names, output_names, opset: int,
-                  microsoft_ops: bool = False) -> "onnx.ModelProto":
+                  microsoft_ops: bool = False, exporter: str | None = None) -> "onnx.ModelProto":
     """Trace `module(*args)` with static shapes and return the ModelProto (weights loaded), ready for
-    saving. `microsoft_ops` declares the com.microsoft domain (MatMulNBits). The trace goes to a scratch file beside `path` so external data never mixes."""
+    saving. `microsoft_ops` declares the com.microsoft domain (MatMulNBits). The trace goes to a
+    scratch file beside `path` so external data never mixes. `exporter`: "torchscript" (default)
+    or "dynamo" (None: the QSCHED_EXPORTER environment variable, else torchscript)."""
     import onnx
 
+    exporter = exporter or os.environ.get(EXPORTER_ENV) or "torchscript"
+    if exporter not in EXPORTERS:
+        raise QSchedError(f"unknown exporter {exporter!r} (from {EXPORTER_ENV})", f"use one of {', '.join(EXPORTERS)}")
     scratch = path.parent / f".trace-{path.stem}"
     scratch.mkdir()
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript exporter's deprecation and tracer warnings are about code we do not
-            # control (diffusers' shape asserts); they do not change the graph.
+            # The exporters' deprecation and tracer warnings are about code we do not control
+            # (diffusers' shape asserts); they do not change the graph.
             warnings.simplefilter("ignore")
-            with _without_ir_lint():  # see LINT_ENV
-                torch.onnx.export(module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
-                                  input_names=list(input_names), output_names=list(output_names), do_constant_folding=True,
-                                  custom_opsets={"com.microsoft": 1} if microsoft_ops else None)
+            if exporter == "dynamo":
+                _export_dynamo(module, args, scratch / "model.onnx", input_names, output_names, opset)
+            else:
+                with _without_ir_lint():  # see LINT_ENV
+                    torch.onnx.export(module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
+                                      input_names=list(input_names), output_names=list(output_names), do_constant_folding=True,
+                                      custom_opsets={"com.microsoft": 1} if microsoft_ops else None)
         return onnx.load(str(scratch / "model.onnx"), load_external_data=True)
     finally:
         for f in sorted(scratch.rglob("*"), reverse=True):
@@ -98,12 +110,25 @@ def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names,
         scratch.rmdir()
 
 
+def _export_dynamo(module, args, path: Path, input_names, output_names, opset: int) -> None:
+    """torch.onnx.export(dynamo=True): the export layers call torch.library custom ops, which
+    onnxscript writes as the same Q/DQ (MatMulNBits) nodes (qdq.dynamo_translations)."""
+    import contextlib as _contextlib
+    import io
+
+    from qsched_export.export import qdq
+
+    with qdq.use_dynamo_ops(), _contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=list(input_names),
+                                    output_names=list(output_names), custom_translation_table=qdq.dynamo_translations(opset),
+                                    optimize=True, external_data=True)
+    program.save(str(path), external_data=True)
+
+
 def pack_int4_weights(model) -> int:
-    """Turn the int8 initializers that hold int4 values (in [-8, 7]) into INT4 initializers (two
-    per byte, first in the low nibble, as ONNX and TensorRT pack): those feeding a blockwise
-    DequantizeLinear (w4a16, w4a8), and those a CastLike turns to float, which only the
-    exporter's int4 -> int8 requantization writes (w4a8s, `qdq._RequantizedWeight`); those
-    become `Cast(to=FLOAT)`. Returns the count."""
+    """Turn the int8 initializers feeding blockwise DequantizeLinear (values in [-8, 7]) into INT4
+    initializers (two per byte, first in the low nibble, as ONNX and TensorRT pack). Returns the
+    count. (w4a8s packs its nibbles into uint8 buffers itself: `qdq.pack_nibbles`.)"""
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -111,14 +136,10 @@ def pack_int4_weights(model) -> int:
     inits = {t.name: t for t in model.graph.initializer}
     packed = 0
     for node in model.graph.node:
-        marker = node.op_type == "CastLike"
-        blockwise = node.op_type == "DequantizeLinear" and any(a.name == "block_size" and a.i > 0 for a in node.attribute)
-        if not (blockwise or marker):
+        if node.op_type != "DequantizeLinear" or not any(a.name == "block_size" and a.i > 0 for a in node.attribute):
             continue
         tensor = inits.get(node.input[0])
         if tensor is None or tensor.data_type != onnx.TensorProto.INT8:
-            if marker:
-                raise ValueError(f"{node.name}: CastLike's input {node.input[0]} is not an int8 initializer (int4 weights)")
             continue
         values = numpy_helper.to_array(tensor).ravel()
         if values.min(initial=0) < -8 or values.max(initial=0) > 7:
@@ -126,11 +147,6 @@ def pack_int4_weights(model) -> int:
         nibbles = (np.pad(values, (0, values.size % 2)).astype(np.uint8) & 0xF)
         tensor.raw_data = (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
         tensor.data_type = onnx.TensorProto.INT4
-        if marker:
-            # ONNX Runtime does not constant-fold CastLike (a function op): make it the Cast it means.
-            del node.input[1:]
-            node.op_type = "Cast"
-            node.attribute.append(onnx.helper.make_attribute("to", onnx.TensorProto.FLOAT))
         packed += 1
     return packed
 

@@ -27,7 +27,7 @@ def _export_layer(scheme, conv: bool, tmp_path):
         ours = net(x).numpy()
     swap_for_export(net, scheme.target_form)
     path = tmp_path / "layer.onnx"
-    model = onnx_io.export_module(net, (x,), path, ["x"], ["y"], 21 if scheme.block_weights else 20)
+    model = onnx_io.export_module(net, (x,), path, ["x"], ["y"], onnx_io.default_opset(scheme))
     packed = onnx_io.pack_int4_weights(model)
     onnx_io.save_model(model, path)
     onnx_io.check_model(path)
@@ -64,7 +64,7 @@ def test_layer_equals_its_graph(name, placement, conv, kernels, weight_range, tm
     exact, _ = _run(path, x, optimize=False, tmp_path=tmp_path)
     fused, ops = _run(path, x, optimize=True, tmp_path=tmp_path)
     assert kernels <= set(ops), ops
-    assert packed == (1 if scheme.conv.requant_bits else 0)
+    assert packed == 0  # no INT4 type: w4a8s packs its own nibbles into uint8
     qmax = 63 if weight_range == "7bit" else 127
     weights = layer.requantized_weight() if scheme.conv.requant_bits else layer.quantized_weight()
     assert int(weights.abs().max()) == qmax
@@ -79,14 +79,19 @@ def test_layer_equals_its_graph(name, placement, conv, kernels, weight_range, tm
 
 
 def test_w4a8s_file_holds_int4_and_ort_folds_it_to_int8(tmp_path):
-    """The point of w4a8s: int4's bytes on disk, int8 kernels at run time (ORT constant-folds the
-    int4 -> int8 requantization when the session loads; no float weight is left in the graph)."""
+    """The point of w4a8s: int4's bytes on disk (nibbles in a uint8 buffer, opset 20), int8 kernels
+    at run time (ORT constant-folds the unpacking and requantization when the session loads; no
+    float weight is left in the file or the optimized graph)."""
     scheme = get_scheme("w4a8s")
-    _, x, _, path, _ = _export_layer(scheme, True, tmp_path)
+    layer, x, _, path, _ = _export_layer(scheme, True, tmp_path)
     model = onnx.load(str(path))
-    int4 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4]
-    assert len(int4) == 1 and list(int4[0].dims) == [16, 24, 3, 3] and len(int4[0].raw_data) == 16 * 24 * 9 // 2
+    assert model.opset_import[0].version == 20
+    packed = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8]
+    assert len(packed) == 1 and len(packed[0].raw_data) == 16 * 24 * 9 // 2
+    from qsched_export.export.qdq import unpack_nibbles
+
+    assert torch.equal(unpack_nibbles(torch.from_numpy(onnx.numpy_helper.to_array(packed[0])), (16, 24, 3, 3)), layer.quantized_weight().float())
     weight_size = 16 * 24 * 9
     assert max(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT) < weight_size // 8
     _, ops = _run(path, x, optimize=True, tmp_path=tmp_path)
-    assert ops.get("QLinearConv") == 1 and not {"Cast", "Round", "Clip", "Div"} & set(ops), ops
+    assert ops.get("QLinearConv") == 1 and not {"Cast", "Round", "Clip", "Div", "BitShift"} & set(ops), ops

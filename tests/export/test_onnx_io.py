@@ -57,7 +57,7 @@ def test_default_opsets():
 
     # w4a16 has static int8 activations (its Conv) but needs 21 for its INT4 blocks.
     assert {name: default_opset(s) for name, s in SCHEMES.items() if s.exportable} == {
-        "fp32": 21, "fp16": 21, "w8a8": 20, "w4a8": 21, "w4a8s": 21, "w8a16": 21, "w4a16": 21}
+        "fp32": 21, "fp16": 21, "w8a8": 20, "w4a8": 21, "w4a8s": 20, "w8a16": 21, "w4a16": 21}
 
 
 def test_ir_lint_skip_is_scoped_and_changes_no_byte(tmp_path, monkeypatch):
