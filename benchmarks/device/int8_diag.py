@@ -232,8 +232,6 @@ def run_kernels(deadline: float) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def _build_tiny_artifacts(work: Path) -> dict[str, Path]:
     """The test's tiny Euler-ancestral pipeline and qsched.json, built as w8a8 with 7-bit and full-range weights."""
-    from dataclasses import replace
-
     from typer.testing import CliRunner
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -242,18 +240,15 @@ def _build_tiny_artifacts(work: Path) -> dict[str, Path]:
     from tiny_qsched import write_qsched
 
     from qsched_export.cli import app
-    from qsched_export.quant import schemes as schemes_mod
+    from runtimes import schemes
 
     model = save_tiny_sd(work / "pipe", scheduler_cls="EulerAncestralDiscreteScheduler")
     qsched = write_qsched(model, work / "qsched.json", schemes=("w8a8",))
     built = {}
-    original = schemes_mod.SCHEMES["w8a8"]
-    for label, reduce in (("w8a8_7bit", True), ("w8a8_8bit", False)):
-        scheme = original
-        if original.linear is not None and hasattr(original.linear, "reduce_range"):
-            spec = replace(original.linear, reduce_range=reduce)
-            scheme = replace(original, linear=spec, conv=replace(original.conv, reduce_range=reduce))
-        schemes_mod.SCHEMES["w8a8"] = scheme
+    detected = schemes.default_weight_range
+    for label, weight_range in (("w8a8_7bit", "7bit"), ("w8a8_full", "full")):
+        # The build picks the weight range this CPU needs (runtimes.schemes.default_weight_range): force each.
+        schemes.default_weight_range = lambda target, cpu=None, _r=weight_range: _r
         try:
             out = work / label
             result = CliRunner().invoke(app, ["build", "--target", "onnxruntime", "--bits", "8", "--model", str(model), "--coeffs", str(qsched),
@@ -262,7 +257,7 @@ def _build_tiny_artifacts(work: Path) -> dict[str, Path]:
             if result.exit_code == 0:
                 built[label] = out
         finally:
-            schemes_mod.SCHEMES["w8a8"] = original
+            schemes.default_weight_range = detected
     return built
 
 
@@ -324,8 +319,11 @@ def analyse_artifact(folder: Path) -> dict:
     context = text.run({text.input_names[0]: golden["input_ids"]})[text.output_names[0]]
     denoise_path = folder / pipe.manifest.graph("denoise").file
     feeds_all = {"context": context, "latents": golden["latents"], "noise": golden.get("noise")}
-    result: dict = {"levels": {}}
+    result: dict = {"levels": {}, "scheme": pipe.manifest.scheme}
     ref = golden["fakequant/first_latents"]
+    # The parity gate's unit (runtimes/parity.py): how far quantization moved the reference from FP32.
+    noise = float(np.linalg.norm(golden["fp32/first_latents"].astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64)))
+    result["quant_noise_first"] = noise
     levels = {"disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     with tempfile.TemporaryDirectory() as tmp:
@@ -334,9 +332,11 @@ def analyse_artifact(folder: Path) -> dict:
             sess = _session(denoise_path.read_bytes(), None, level, opt_path if name == "all" else None)
             feeds = {i.name: feeds_all[i.name] for i in sess.get_inputs()}
             outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-            result["levels"][name] = {"first_cosine_vs_fakequant": _cos(outs["first_latents"], ref),
-                                      "first_max_abs": float(np.abs(outs["first_latents"] - ref).max())}
-            log(f"  level {name:11}: first_latents cosine vs fake-quant {result['levels'][name]['first_cosine_vs_fakequant']:.6f}")
+            rel = float(np.linalg.norm(outs["first_latents"].astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64)))
+            result["levels"][name] = {"first_cosine_vs_fakequant": _cos(outs["first_latents"], ref), "first_rel_err": rel,
+                                      "first_in_quant_noise": rel / noise, "first_max_abs": float(np.abs(outs["first_latents"] - ref).max())}
+            log(f"  level {name:11}: first_latents cosine vs fake-quant {result['levels'][name]['first_cosine_vs_fakequant']:.6f}, "
+                f"rel. error {rel:.3e} = {rel / noise:.2f}x the quantization noise {noise:.3e} (the gate allows 2x)")
         opt = onnx.load(opt_path)
         counts: dict[str, int] = {}
         for n in opt.graph.node:
