@@ -80,13 +80,15 @@ def fold_int4_weights(model) -> int:
     for cast in int4_chains(model):
         nodes = _constant_subgraph(cast, producer, graph)
         roots = sorted({name for n in nodes for name in n.input if name in inits})
-        # The unrolled steps repeat the same chain on the same initializers: fold it once.
-        key = (tuple(roots), tuple(n.op_type for n in nodes))
+        # The unrolled steps repeat the chain of one weight (torch.onnx gives each repeat its own
+        # folded constants, so compare by the nibble buffer the chain unpacks): fold it once.
+        key = tuple(sorted({name for n in nodes if n.op_type == "BitwiseAnd" for name in n.input if name in inits
+                            and inits[name].data_type == onnx.TensorProto.UINT8}))
         if key not in folded:
             sub = helper.make_graph([onnx.NodeProto.FromString(n.SerializeToString()) for n in nodes], "int4", [],
                                     [helper.make_tensor_value_info(cast.output[0], onnx.TensorProto.INT8, None)], [inits[r] for r in roots])
             value = ReferenceEvaluator(helper.make_model(sub, opset_imports=opsets, ir_version=model.ir_version)).run(None, {})[0]
-            name = f"{roots[0]}.int8"
+            name = f"{key[0]}.int8"
             graph.initializer.append(numpy_helper.from_array(value.astype("int8"), name))
             folded[key] = name
         for consumer in graph.node:

@@ -103,7 +103,12 @@ def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names,
                     torch.onnx.export(module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
                                       input_names=list(input_names), output_names=list(output_names), do_constant_folding=True,
                                       custom_opsets={"com.microsoft": 1} if microsoft_ops else None)
-        return onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+        model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+        if exporter == "dynamo":
+            for node in model.graph.node:  # per-node source locations and FX names: most of its bytes
+                del node.metadata_props[:]
+                node.doc_string = ""
+        return model
     finally:
         for f in sorted(scratch.rglob("*"), reverse=True):
             f.unlink() if f.is_file() else f.rmdir()
@@ -121,7 +126,9 @@ def _export_dynamo(module, args, path: Path, input_names, output_names, opset: i
     with qdq.use_dynamo_ops(), _contextlib.redirect_stdout(io.StringIO()):  # its progress lines
         program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=list(input_names),
                                     output_names=list(output_names), custom_translation_table=qdq.dynamo_translations(opset),
-                                    optimize=True, external_data=True)
+                                    optimize=False, external_data=True)
+    # Not its optimizer: it folds every weight's DequantizeLinear into a float initializer (no int8
+    # kernel fuses, TensorRT's contract breaks) and w4a8s' int4 unpacking (measured, docs/EXPORTER.md).
     program.save(str(path), external_data=True)
 
 

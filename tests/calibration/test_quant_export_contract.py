@@ -95,3 +95,45 @@ def test_w4a8s_file_holds_int4_and_ort_folds_it_to_int8(tmp_path):
     assert max(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT) < weight_size // 8
     _, ops = _run(path, x, optimize=True, tmp_path=tmp_path)
     assert ops.get("QLinearConv") == 1 and not {"Cast", "Round", "Clip", "Div", "BitShift"} & set(ops), ops
+
+
+def test_runtime_folds_int4_layer_by_layer_once_per_weight(tmp_path):
+    """runtimes.int4 computes what ONNX Runtime's folding would (the int8 weights of the fake-quant
+    layer, the same outputs), once per weight where the unrolled steps call a layer repeatedly."""
+    from runtimes.int4 import fold_int4_weights, int4_chains
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    net = torch.nn.Sequential(conv)
+    x = torch.randn(1, 8, 6, 6)
+    quantize_model(net, get_scheme("w4a8s"))
+    with observe_ranges(net), torch.no_grad():
+        net(net(x))
+    q8 = net[0].requantized_weight().numpy()
+
+    class Twice(torch.nn.Module):  # one weight, two calls: as the unrolled sampler calls the UNet
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(self.inner(x))
+
+    model_twice = Twice(net)
+    with torch.no_grad():
+        ours = model_twice(x).numpy()
+    swap_for_export(net, "qdq")
+    path = tmp_path / "twice.onnx"
+    model = onnx_io.export_module(model_twice, (x,), path, ["x"], ["y"], 20)
+    onnx_io.save_model(model, path)
+    assert len(int4_chains(model)) == 2
+    unfolded, _ = _run(path, x.numpy(), optimize=False, tmp_path=tmp_path)
+    assert fold_int4_weights(model) == 1 and int4_chains(model) == []
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8) == 1 and np.array_equal(onnx.numpy_helper.to_array(int8[0]), q8)
+    assert not any(t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer)  # the nibbles are gone
+    onnx.save(model, path)
+    folded, ops = _run(path, x.numpy(), optimize=True, tmp_path=tmp_path)
+    exact, _ = _run(path, x.numpy(), optimize=False, tmp_path=tmp_path)
+    assert np.array_equal(exact, unfolded) and ops.get("QLinearConv") and not {"Cast", "BitShift", "Round"} & set(ops), ops
+    assert np.abs(folded - ours).max() <= 2 * float(net[0].output_scale) * 1.0001
