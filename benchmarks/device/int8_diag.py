@@ -245,10 +245,12 @@ def _build_tiny_artifacts(work: Path) -> dict[str, Path]:
     model = save_tiny_sd(work / "pipe", scheduler_cls="EulerAncestralDiscreteScheduler")
     qsched = write_qsched(model, work / "qsched.json", schemes=("w8a8",))
     built = {}
-    detected = schemes.default_weight_range
+    detected, base = schemes.default_weight_range, schemes.SCHEMES["w8a8"]
     for label, weight_range in (("w8a8_7bit", "7bit"), ("w8a8_full", "full")):
-        # The build picks the weight range this CPU needs (runtimes.schemes.default_weight_range): force each.
+        # The build picks the weight range this CPU needs (runtimes.schemes.default_weight_range),
+        # and a CLI that exports by scheme name takes SCHEMES' record: force each in both places.
         schemes.default_weight_range = lambda target, cpu=None, _r=weight_range: _r
+        schemes.SCHEMES["w8a8"] = base.with_weight_range(weight_range)
         try:
             out = work / label
             result = CliRunner().invoke(app, ["build", "--target", "onnxruntime", "--bits", "8", "--model", str(model), "--coeffs", str(qsched),
@@ -257,7 +259,7 @@ def _build_tiny_artifacts(work: Path) -> dict[str, Path]:
             if result.exit_code == 0:
                 built[label] = out
         finally:
-            schemes.default_weight_range = detected
+            schemes.default_weight_range, schemes.SCHEMES["w8a8"] = detected, base
     return built
 
 
@@ -320,6 +322,7 @@ def analyse_artifact(folder: Path) -> dict:
     denoise_path = folder / pipe.manifest.graph("denoise").file
     feeds_all = {"context": context, "latents": golden["latents"], "noise": golden.get("noise")}
     result: dict = {"levels": {}, "scheme": pipe.manifest.scheme}
+    log(f"  scheme {pipe.manifest.scheme.get('name')}: weight range {pipe.manifest.scheme.get('weight_range')}, placement {pipe.manifest.scheme.get('placement')}")
     ref = golden["fakequant/first_latents"]
     # The parity gate's unit (runtimes/parity.py): how far quantization moved the reference from FP32.
     noise = float(np.linalg.norm(golden["fp32/first_latents"].astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64)))
