@@ -138,9 +138,9 @@ AMX = CpuInfo("x86_64", "a Xeon", frozenset({"avx2", "avx512f", "avx512_vnni", "
 def test_scheme_lookup():
     assert scheme_for("tensorrt", 4).name == "w4a16" and scheme_for("onnxruntime", 4).name == "w4a8"
     assert scheme_for("ort-mobile", 8).name == "w8a8" and scheme_for("tensorrt", 16).name == "fp16"
-    with pytest.raises(SchemeError, match="bits must be 4, 8, 16 or 32"):
+    with pytest.raises(QSchedError, match="bits must be 4, 8, 16 or 32"):  # the torch side's error, a UserError
         scheme_for("tensorrt", 3)
-    with pytest.raises(SchemeError, match="use one of fp32, fp16, w8a8, w4a8, w4a8s, w8a16, w4a16, w3a8"):
+    with pytest.raises(QSchedError, match="use one of fp32, fp16, w8a8, w4a8, w4a8s, w8a16, w4a16, w3a8"):
         get_scheme("w2a2")
     assert [n for n, s in SCHEMES.items() if not s.exportable] == ["w3a8", "w4a6", "w8a6"]
     assert [scheme_for("onnxruntime", b).bits for b in (4, 8, 16, 32)] == [4, 8, 16, 32]
@@ -158,9 +158,9 @@ def test_placement_and_weight_range_per_target():
     assert scheme_for("onnxruntime", 8, weight_range="full", cpu=AVX2).weight_range == "full"  # explicit wins
     assert scheme_for("ort-mobile", 8, cpu=AVX2).weight_range == "full"  # phones: ARM, exact
     assert scheme_for("onnxruntime", 8, scheme="w4a8s", cpu=AVX2).weight_range == "7bit"
-    with pytest.raises(SchemeError, match="no int8 weights"):
+    with pytest.raises(QSchedError, match="no int8 weights"):
         scheme_for("onnxruntime", 4, weight_range="full")
-    with pytest.raises(SchemeError, match="int8 attention needs a quantized scheme"):
+    with pytest.raises(QSchedError, match="int8 attention needs a quantized scheme"):
         scheme_for("onnxruntime", 32, int8_attention=True)
     with pytest.raises(SchemeError, match="int8 attention needs a scheme with static int8 activations"):
         Scheme("bad", linear=get_scheme("w4a8").linear, int8_attention=True)
