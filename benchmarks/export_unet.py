@@ -4,8 +4,13 @@ TensorRT (w4a16 block DQ), all measured in one process on this machine.
 
 Default: an SD1.5-sized UNet2DConditionModel with random weights (64x64 latent = 512x512 image,
 1 step, batch 1, no CFG), in a pipeline with a small text encoder and VAE so the real exporter
-runs end to end. Activation ranges for w8a8 come from one observed UNet call (random weights:
-this measures speed and size, not image quality). `--small`: the embedded sample, 4 steps unrolled.
+runs end to end. Activation ranges come from one observed UNet call (random weights: this
+measures speed and size, not image quality). `--small`: the embedded sample, 4 steps unrolled.
+
+Schemes are ONNX Runtime's forms (`runtimes.schemes.scheme_for("onnxruntime", ...)`), named
+`<scheme>[+attn][@7bit|@full]`: `w8a8` (weight range detected on this CPU), `w8a8+attn` (int8
+attention), `w8a8@7bit`, `w4a8s` (int4 stored, int8 kernels), `w4a8` (MatMulNBits + block-int4
+Conv), `w4a16` (TensorRT's INT4 form, run on ORT), `fp32`.
 
     python benchmarks/export_unet.py --out results/export_unet.json
     python benchmarks/export_unet.py --small --out results/export_small.json
@@ -15,74 +20,65 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SCHEMES = ("fp32", "w8a8", "w4a8", "w4a16")
-FUSED_OPS = ("QLinearMatMul", "QLinearConv", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear", "QuantizeLinear")
+# This checkout's packages, not an installed copy's (the script runs from benchmarks/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SCHEMES = ("fp32", "w8a8", "w8a8+attn", "w4a8s", "w4a8")
+FUSED_OPS = ("QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear",
+             "QuantizeLinear")
 
 
-def build_sd15_pipeline(folder: Path) -> Path:
-    """An SD1.5-shaped UNet (860M parameters) with random weights, plus a 1-layer text encoder and a
-    narrow VAE (the benchmark times the denoiser only)."""
-    from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def scheme_of(spec: str):
+    """`w8a8+attn@7bit` -> the ONNX Runtime scheme (placement, weight range, int8 attention)."""
+    from qsched_export.quant import get_scheme, scheme_for
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from qsched_export.testing import write_clip_tokenizer  # the character-level CLIP tokenizer built in code
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=12,
-                                                vocab_size=80, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    write_clip_tokenizer(folder / "_tok", max_length=77)
-    pipe = StableDiffusionPipeline(unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=CLIPTokenizer.from_pretrained(folder / "_tok"),
-                                   scheduler=LCMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
+    name, _, weight_range = spec.partition("@")
+    name, attn, _ = name.partition("+attn")
+    base = get_scheme(name)
+    return scheme_for("onnxruntime", base.bits, scheme=name, weight_range=weight_range or None, int8_attention=bool(attn) or "+attn" in spec)
 
 
-def write_ranges(model: Path, steps: int, guidance: float, out: Path) -> Path:
-    """A qsched.json with all-ones coefficients and, for the schemes with static activations (w8a8,
-    and w4a16's INT8 Conv), activation ranges from one sampler run."""
-    from qsched_export.pipeline import UNetDenoiser, denoise_fn, draw_noise, encode_prompts, latent_shape, load_pipeline
-    from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
-    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges, quantize_model
-    from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop
+def write_ranges(model: Path, steps: int, guidance: float | None, out: Path) -> Path:
+    """A qsched.json with all-ones coefficients and, for the schemes with static activations, the
+    activation ranges of one observed sampler run. Ranges are float-model observations: one run
+    (with int8 attention, so the q/k/v ranges are there too) serves every scheme."""
+    from qsched_export.qsched_file import read_qsched, write_qsched
+    from qsched_export.quant import get_scheme
+    from qsched_export.testing import write_observed_qsched
 
-    pipe = load_pipeline(str(model))
-    plan = make_plan(pipe.scheduler, steps)
-    cond = encode_prompts(pipe, ["two small red circles on a blue background"], guidance)
-    latents, noises = draw_noise(plan, latent_shape(pipe, 1, None, None), torch.Generator().manual_seed(1))
-    ones = QSchedCoefficients.ones(steps)
-    entries = {}
-    for name in SCHEMES:
-        scheme = get_scheme(name)
-        if not scheme.static_activations:
-            entries[name] = SchemeEntry(ones)
-            continue
-        unet = copy.deepcopy(pipe.unet)
-        quantize_model(unet, scheme)
-        with torch.no_grad(), observe_ranges(unet):
-            sample_loop(denoise_fn(UNetDenoiser(unet, guidance), cond), plan, latents, noises)
-        entries[name] = SchemeEntry(ones, activation_ranges=activation_ranges(unet))
-        del unet
-    write_qsched(out, QSchedFile(model=str(model), family=plan.family, steps=steps, guidance_scale=guidance, schemes=entries))
+    observed = read_qsched(write_observed_qsched(model, out, (scheme_of("w8a8+attn"),), steps=steps, guidance=guidance, seed=1,
+                                                 prompts=("two small red circles on a blue background",)))
+    entry = observed.schemes["w8a8"]
+    entries = {name: replace(entry, activation_ranges=entry.activation_ranges if get_scheme(name).static_activations else {})
+               for name in ("fp32", "w8a8", "w4a8", "w4a8s", "w4a16")}
+    write_qsched(out, replace(observed, schemes=entries))
     return out
+
+
+def model_source(path: Path) -> str | bytes:
+    """What a session opens: the file, or for w4a8s the graph with its int4 weights expanded to
+    int8 layer by layer (runtimes.int4, as the runtime does; ORT's own folding peaks at ~24 GB on
+    an SD1.5-sized UNet)."""
+    import onnx
+
+    from runtimes.int4 import fold_int4_weights
+
+    model = onnx.load(str(path), load_external_data=True)
+    if not fold_int4_weights(model):
+        return str(path)
+    return model.SerializeToString()
 
 
 def open_session(path: Path, optimized: Path | None = None):
@@ -92,7 +88,7 @@ def open_session(path: Path, optimized: Path | None = None):
     options.log_severity_level = 3
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_source(path), options, providers=["CPUExecutionProvider"])
 
 
 def op_profile(path: Path, feeds: dict, work: Path) -> dict[str, float]:
@@ -104,7 +100,7 @@ def op_profile(path: Path, feeds: dict, work: Path) -> dict[str, float]:
     options.log_severity_level = 3
     options.enable_profiling = True
     options.profile_file_prefix = str(work / f"profile-{path.parent.name}")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model_source(path), options, providers=["CPUExecutionProvider"])
     session.run(None, feeds)
     session.run(None, feeds)
     trace = Path(session.end_profiling())
@@ -153,12 +149,13 @@ def run(model: str | None, qsched: Path | None, steps: int, guidance: float | No
         else:
             print(f"[{scheme}] exporting ...", flush=True)
             start = time.perf_counter()
-            export_artifact(ExportConfig(out=artifact, model=model, scheme=scheme, coeffs=qsched, steps=steps, guidance_scale=guidance))
+            export_artifact(ExportConfig(out=artifact, model=model, scheme=scheme_of(scheme), coeffs=qsched, steps=steps, guidance_scale=guidance))
             export_s = round(time.perf_counter() - start, 2)
         manifest = load_manifest(artifact, verify=False)
         size = sum(p.stat().st_size for p in artifact.glob("denoise.onnx*"))
         print(f"[{scheme}] {size / 1e9:.3f} GB", flush=True)
-        results[scheme] = {"target_form": manifest.target_form, "opset": manifest.opset, "export_s": export_s,
+        results[scheme] = {"target_form": manifest.target_form, "weight_range": manifest.scheme.get("weight_range"),
+                           "int8_attention": manifest.scheme.get("int8_attention"), "opset": manifest.opset, "export_s": export_s,
                            "export_graph_s": manifest.quantization["export_seconds"].get("denoise"), "denoise_bytes": size,
                            "quantized_layers": manifest.quantization["exported_layers"]}
         gc.collect()
@@ -249,16 +246,23 @@ def main() -> None:
 
             resolve_model(None)  # fails with a clear message while the sample is missing
             steps, guidance, model = 4, None, None
-            qsched = SAMPLE_MODEL / "qsched.json"
+            # The sample's calibrated guidance, and ranges observed here for every scheme (its
+            # qsched.json holds no int8-attention or w4a8s entries); coefficients 1 (speed, not quality).
+            from qsched_export.qsched_file import read_qsched
+
+            sample_guidance = read_qsched(SAMPLE_MODEL / "qsched.json").guidance_scale
+            qsched = work / "qsched.json"
             if not qsched.is_file():
-                qsched = write_ranges(SAMPLE_MODEL, steps, 7.5, work / "qsched.json")
+                write_ranges(SAMPLE_MODEL, steps, sample_guidance, qsched)
             title = "embedded sample, 4 steps unrolled"
         else:
             steps, guidance = 1, 1.0
             print("building the SD1.5-sized pipeline ...", flush=True)
             model = str(work / "sd15")
             if not (work / "sd15" / "model_index.json").is_file():
-                build_sd15_pipeline(work / "sd15")
+                from qsched_export.testing import save_sd15_sized
+
+                save_sd15_sized(work / "sd15")
             qsched = work / "qsched.json"
             if not qsched.is_file():
                 print("observing w8a8 activation ranges ...", flush=True)
@@ -266,7 +270,9 @@ def main() -> None:
             title = "SD1.5-sized UNet (random weights), 64x64 latent, 1 step, batch 1, no CFG"
         results = run(model, qsched, steps, guidance, args.runs, schemes, work, args.profile)
         unrolled = export_unrolled(model, args.unrolled, guidance, work) if args.unrolled else None
-    report = {"title": title, "unrolled_fp32_export": unrolled, "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+    from runtimes import cpu
+
+    report = {"title": title, "unrolled_fp32_export": unrolled, "machine": {"cpu": cpu.probe().to_dict(), "threads": torch.get_num_threads()},
               "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "runs": args.runs, "results": results}
     print_table(title, results)
     if args.out:

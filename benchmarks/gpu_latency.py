@@ -9,7 +9,7 @@
    prepare -> Session.evaluator): Q-Sched grid points per second of the batched search, FP32 and
    the w8a8 fake-quant simulation, extrapolated to a 20x20 grid + refinement.
 
-FP16 is the package's fp16 numerics (calibration.api.HalfPrecisionUNet: the UNet runs in half with
+FP16 is the package's fp16 numerics (qsched_export.backbones.HalfPrecision: the UNet runs in half with
 float32 inputs and outputs, so the sampler arithmetic stays float32); the text encoder and VAE are
 cast to half. A latency is the median of synchronised wall times after warm-up runs.
 
@@ -44,7 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.calibration_speed import describe_device, open_session, timed  # noqa: E402
-from benchmarks.export_unet import build_sd15_pipeline  # noqa: E402
 from calibration.api import SAMPLE_JUDGE  # noqa: E402
 from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
 from qsched_export.backbones import Backbone, Conditioning, HalfPrecision  # noqa: E402
@@ -52,7 +51,7 @@ from qsched_export.pipeline import SAMPLE_MODEL, denoise_fn, draw_noise, open_ba
 from qsched_export.qsched_file import read_qsched  # noqa: E402
 from qsched_export.sampler import QSchedCoefficients, SamplerPlan, sample_loop  # noqa: E402
 from runtimes.files import atomic_file  # noqa: E402
-from qsched_export.testing import save_tiny_sd  # noqa: E402
+from qsched_export.testing import save_sd15_sized, save_tiny_sd  # noqa: E402
 
 STEPS = 4
 GUIDANCE = 1.5
@@ -89,7 +88,7 @@ class Sizes:
 # The GPU run: SD1.5's UNet (via export_unet) and VAE shapes. Calibration batch 32 = 4 candidates x 8
 # prompts per call keeps the fake-quant UNet (batch 64 with CFG) and 32 decodes at 512x512 well inside
 # 80 GB; one such chunk is seconds of steady GPU work, so one timed chunk keeps the run within minutes.
-FULL = Sizes(sample_batches=(1, 64), build_model=build_sd15_pipeline, vae_channels=(128, 256, 512, 512), vae_layers=2,
+FULL = Sizes(sample_batches=(1, 64), build_model=save_sd15_sized, vae_channels=(128, 256, 512, 512), vae_layers=2,
              calib_prompts=8, calib_batch=32, calib_chunks=1, warmup=3, runs=10)
 # A CPU smoke run of every code path: the tests' tiny UNet (8x8 latent), a narrow 4-block VAE (64x64 image);
 # one sample batch, since fp16 runs on reference kernels on a CPU (the sample's fp16 decode is seconds).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -45,6 +46,7 @@ def measure(artifact: Path, providers: list[str], repeats: int, warmup: int) -> 
     golden = load_golden(artifact / pipe.manifest.golden)
     ids, latents, noise = golden["input_ids"], golden["latents"], golden.get("noise")
     result = {"artifact": str(artifact), "scheme": pipe.manifest.scheme.get("name"), "target_form": pipe.manifest.target_form,
+              "weight_range": pipe.manifest.scheme.get("weight_range"), "int8_attention": pipe.manifest.scheme.get("int8_attention"),
               "runtime": pipe.description, "steps": pipe.manifest.steps,
               "graph_bytes": {role: (artifact / spec.file).stat().st_size for role, spec in pipe.manifest.graphs.items()},
               "image_seconds": median_seconds(lambda: pipe.run(ids, latents, noise), repeats, warmup)}
@@ -78,7 +80,11 @@ def main() -> None:
               f"{speed:8.2f}x  {'PASSED' if r['parity']['passed'] else 'FAILED'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
+        import onnxruntime
+
+        from runtimes import cpu
+
+        meta = {"machine": cpu.probe().to_dict(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
                 "numpy": np.__version__, "repeats": args.repeats, "warmup": args.warmup}
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2, default=str) + "\n")
 

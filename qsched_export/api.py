@@ -25,9 +25,9 @@ from pathlib import Path
 from qsched_export import outputs
 from qsched_export.errors import QSchedError
 from qsched_export.lora import LoraSpec
+from runtimes.schemes import BITS, Scheme, scheme_for
 
 Progress = Callable[[str], None]
-BITS = (4, 8, 16, 32)
 
 
 def _quiet(_msg: str) -> None:
@@ -55,6 +55,9 @@ class BuildConfig:
         workspace_mib, builder_level: TensorRT builder settings. provider: ONNX Runtime execution
             provider for optimizing and checking. check: run the parity check.
         prompt, seed: sample.png's prompt and seed (None = the golden prompt and noise).
+        weight_range: int8 weights "full" or "7bit" (None = what this machine's CPU needs for ONNX
+            Runtime, full for TensorRT: runtimes.schemes.default_weight_range).
+        int8_attention: also quantize attention's two matrix products (static scales).
     """
 
     target: str
@@ -73,6 +76,8 @@ class BuildConfig:
     prompt: str | None = None
     seed: int = 0
     loras: tuple[LoraSpec, ...] = ()
+    weight_range: str | None = None
+    int8_attention: bool = False
 
     def validate(self) -> "BuildConfig":
         _check_bits(self.bits)
@@ -119,17 +124,14 @@ class BundleConfig:
     workspace_mib: int | None = None
     builder_level: int = 3
     loras: tuple[LoraSpec, ...] = ()
+    weight_range: str | None = None
+    int8_attention: bool = False
 
     def validate(self) -> "BundleConfig":
         _check_bits(self.bits)
         if self.from_artifact is not None and (self.model is not None or self.loras or self.coeffs is not None):
             raise QSchedError("--from bundles an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
         return self
-
-
-def manifest_bits(scheme: dict) -> int:
-    """`--bits` as a manifest's scheme expresses it (weight bits, else the float width)."""
-    return scheme.get("weight_bits") or (16 if scheme.get("float_dtype") == "float16" else 32)
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def find_coefficients(model: str | None, coeffs: Path | None, scheme: str, steps
 
 
 @contextlib.contextmanager
-def _exported(out: Path, model: str | None, scheme: str, coefficients: Coefficients, opset: int | None, loras: tuple[LoraSpec, ...],
+def _exported(out: Path, model: str | None, scheme: Scheme, coefficients: Coefficients, opset: int | None, loras: tuple[LoraSpec, ...],
               progress: Progress) -> Iterator[Path]:
     """Export into a scratch folder beside `out` (same filesystem, removed on exit) and yield the artifact."""
     from qsched_export.export import ExportConfig, export_artifact
@@ -203,30 +205,28 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
         from runtimes.manifest import load_manifest
 
         manifest = load_manifest(config.from_bundle)  # verifies every sha256 before anything runs
-        scheme = str(manifest.scheme.get("name"))
-        if manifest_bits(manifest.scheme) != config.bits:
-            have = manifest_bits(manifest.scheme)
-            raise QSchedError(f"{config.from_bundle} holds scheme {scheme} (--bits {have}), not --bits {config.bits}",
-                              f"pass --bits {have}, or bundle --bits {config.bits} on the workstation")
+        held = Scheme.from_dict(manifest.scheme)
+        scheme = held.name
+        if held.bits != config.bits:
+            raise QSchedError(f"{config.from_bundle} holds scheme {scheme} (--bits {held.bits}), not --bits {config.bits}",
+                              f"pass --bits {held.bits}, or bundle --bits {config.bits} on the workstation")
         out = config.out or outputs.build_dir(str(manifest.model.get("id")), config.target, scheme)
         refuse_existing(out, config.overwrite)
         progress(f"building {config.target} from {config.from_bundle}: scheme {scheme}, {manifest.steps} steps")
         with _staged(out, config.overwrite) as stage:
             build_target(config.from_bundle, replace(options, out_dir=stage))
             return _finish(stage, out, config, scheme, None)
-    from qsched_export.quant import scheme_for
-
-    scheme = scheme_for(config.target, config.bits)
+    scheme = scheme_for(config.target, config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention)
     out = config.out or outputs.build_dir(config.model, config.target, scheme.name)
     refuse_existing(out, config.overwrite)
     if config.target == "tensorrt":
         from qsched_export.targets.tensorrt import import_tensorrt
 
         import_tensorrt()  # before a long export: say now that it cannot be built here
-    progress(f"building {config.target} with scheme {scheme.name} ({describe_scheme(scheme)})")
+    progress(f"building {config.target} with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
     start = time.perf_counter()
-    with _exported(out, config.model, scheme.name, coefficients, config.opset, config.loras, progress) as artifact:
+    with _exported(out, config.model, scheme, coefficients, config.opset, config.loras, progress) as artifact:
         progress(f"exported in {time.perf_counter() - start:.1f} s (coefficients: {coefficients.path or 'all ones'})")
         with _staged(out, config.overwrite) as stage:
             build_target(artifact, replace(options, out_dir=stage))
@@ -296,21 +296,10 @@ def bundle(config: BundleConfig, progress: Progress = _quiet) -> Path:
         out = config.out or outputs.OUT_ROOT / f"{config.from_artifact.name}-bundle"
         refuse_existing(out, config.overwrite)
         return make_bundle(config.from_artifact, out, **kwargs)
-    from qsched_export.quant import scheme_for
-
-    scheme = scheme_for("tensorrt", config.bits)
+    scheme = scheme_for("tensorrt", config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention)
     out = config.out or outputs.bundle_dir(config.model, scheme.name)
     refuse_existing(out, config.overwrite)
-    progress(f"bundling tensorrt with scheme {scheme.name} ({describe_scheme(scheme)})")
+    progress(f"bundling tensorrt with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
-    with _exported(out, config.model, scheme.name, coefficients, config.opset, config.loras, progress) as artifact:
+    with _exported(out, config.model, scheme, coefficients, config.opset, config.loras, progress) as artifact:
         return make_bundle(artifact, out, **kwargs)
-
-
-def describe_scheme(scheme) -> str:
-    def layer(kind: str, spec) -> str:
-        if spec is None:
-            return f"{kind} {scheme.float_dtype}"
-        acts = "float" if spec.act_bits is None else f"{spec.act_mode} int{spec.act_bits}"
-        return f"{kind} int{spec.weight_bits} weights, {acts} activations"
-    return f"{layer('Linear', scheme.linear)}; {layer('Conv', scheme.conv)}"

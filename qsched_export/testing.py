@@ -249,11 +249,12 @@ def save_full_width_flux(folder: Path, *, double: int = 2, single: int = 4, smal
     return folder
 
 
-def write_observed_qsched(model_dir: Path, out: Path, schemes: tuple[str, ...], *, steps: int, guidance: float | None = None,
+def write_observed_qsched(model_dir: Path, out: Path, schemes: tuple, *, steps: int, guidance: float | None = None,
                           coefficients=None, gamma: float | None = None, prompts: tuple[str, ...] = ("a red circle",), seed: int = 0) -> Path:
     """A qsched.json without the JAQ search, for tests and benchmarks: `coefficients` (default all
-    ones) for every scheme, and for schemes with static activations the ranges observed on one
-    sampler run of `prompts` (as calibration observes them, along the unscaled trajectory)."""
+    ones) for every scheme (a name or a `Scheme`, e.g. with int8 attention), and for schemes with
+    static activations the ranges observed on one sampler run of `prompts` (as calibration observes
+    them, along the unscaled trajectory)."""
     from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
     from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
     from qsched_export.quant import activation_ranges, get_scheme, observe_ranges
@@ -264,13 +265,32 @@ def write_observed_qsched(model_dir: Path, out: Path, schemes: tuple[str, ...], 
     cond = backbone.encode(list(prompts))
     latents, noises = draw_noise(plan, backbone.latent_shape(len(prompts)), torch.Generator().manual_seed(seed))
     entries = {}
-    for name in schemes:
+    for scheme in map(get_scheme, schemes):
         ranges = {}
-        if get_scheme(name).static_activations:
-            model, _ = backbone.scheme_model(name)
+        if scheme.static_activations:
+            model, _ = backbone.scheme_model(scheme)
             with torch.no_grad(), observe_ranges(model):
                 sample_loop(denoise_fn(backbone.denoiser(model), cond), plan, latents, noises)
             ranges = activation_ranges(model)
-        entries[name] = SchemeEntry(coefficients or QSchedCoefficients.ones(steps), activation_ranges=ranges)
+        entries[scheme.name] = SchemeEntry(coefficients or QSchedCoefficients.ones(steps), activation_ranges=ranges)
     write_qsched(out, QSchedFile(backbone.source.id, plan.family, steps, backbone.guidance.scale, entries, plan.to_dict()))
     return out
+
+
+def save_sd15_sized(folder: Path) -> Path:
+    """An SD1.5-shaped UNet (860 M parameters) with random weights, plus a 1-layer text encoder and a
+    narrow 4-block VAE: the benchmarks time and size the denoiser."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    text_encoder = CLIPTextModel(_clip_text_config(hidden_size=768, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=12,
+                                                   max_position_embeddings=77))
+    vae = _vae(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    pipe = StableDiffusionPipeline(unet=unet, text_encoder=text_encoder, vae=vae, tokenizer=clip_tokenizer(folder / "_tok", max_length=77),
+                                   scheduler=LCMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

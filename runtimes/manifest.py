@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from runtimes.errors import UserError
 from runtimes.files import atomic_file
+from runtimes.schemes import TARGET_FORMS
 
 import hashlib
 import json
@@ -21,7 +22,6 @@ from pathlib import Path
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-TARGET_FORMS = ("fp32", "fp16", "qdq", "matmulnbits")
 # Written next to the graphs after the manifest, so never hashed into it.
 UNHASHED = (MANIFEST_NAME, "parity.json")
 

@@ -9,7 +9,7 @@ import typer
 
 from qsched_export.cli.check import print_report, provider_list
 from qsched_export.cli.common import console, note_default_model, user_errors
-from qsched_export.cli.options import lora_option, parse_loras, progress_printer
+from qsched_export.cli.options import int8_attention_option, lora_option, parse_loras, progress_printer, weight_range, weight_range_option
 
 TARGET_HELP = "tensorrt (engines, built on this GPU), onnxruntime (optimized ONNX) or ort-mobile (.ort + operator config)."
 OPSET_HELP = "ONNX opset of the export (default: 20 for INT8 with static activations, else 21; INT4 needs 21)."
@@ -17,7 +17,8 @@ OPSET_HELP = "ONNX opset of the export (default: 20 for INT8 with static activat
 
 def build(
     target: str = typer.Option(..., "--target", help=TARGET_HELP),
-    bits: int = typer.Option(8, "--bits", help="8 = w8a8; 4 = w4a16 for tensorrt, w4a8 for onnxruntime/ort-mobile; 16 = fp16; 32 = fp32."),
+    bits: int = typer.Option(8, "--bits", help="8 = w8a8; 4 = w4a16 for tensorrt, w4a8 for onnxruntime/ort-mobile (MatMulNBits: a download-size "
+                             "format, slower than FP32 on CPU); 16 = fp16; 32 = fp32."),
     model: str | None = typer.Option(None, "--model", help="diffusers folder or hub id (default: the embedded sample)."),
     lora: list[str] = lora_option(),
     coeffs: Path | None = typer.Option(None, "--coeffs", help="qsched.json (default: the model's own, else out/<model>.qsched.json; calibrated if the scheme is missing)."),
@@ -32,6 +33,8 @@ def build(
     no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check."),
     prompt: str | None = typer.Option(None, "--prompt", help="Prompt of sample.png (default: the golden prompt and noise)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed of sample.png with --prompt."),
+    weight_range_: str = weight_range_option(),
+    int8_attention: bool = int8_attention_option(),
 ) -> None:
     """Export (or take --from) an artifact and build it for a target, then check parity and write sample.png."""
     from qsched_export.api import BuildConfig, build as run_build
@@ -42,7 +45,8 @@ def build(
             note_default_model(model)
         config = BuildConfig(target=target, bits=bits, model=model, coeffs=coeffs, steps=steps, opset=opset, from_bundle=from_bundle, out=out,
                              overwrite=overwrite, workspace_mib=workspace_mib, builder_level=builder_level, provider=provider, check=not no_check,
-                             prompt=prompt, seed=seed, loras=parse_loras(lora))
+                             prompt=prompt, seed=seed, loras=parse_loras(lora), weight_range=weight_range(weight_range_),
+                             int8_attention=int8_attention)
         result = run_build(config, progress_printer())
     if result.parity is not None:
         print_report(result.parity)
@@ -67,6 +71,8 @@ def bundle(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the bundle folder if it exists."),
     workspace_mib: int | None = typer.Option(None, "--workspace-mib", help="Workspace in build_engine.sh and the README (default 2048 MiB)."),
     builder_level: int = typer.Option(3, "--builder-level", help="TensorRT builder optimization level 0-5."),
+    weight_range_: str = weight_range_option(),
+    int8_attention: bool = int8_attention_option(),
 ) -> None:
     """Package the TensorRT form (ONNX, manifest, golden data, tokenizers, build_engine.sh, README) to build on a Jetson."""
     from qsched_export.api import BundleConfig, bundle as run_bundle
@@ -78,7 +84,8 @@ def bundle(
         if from_artifact is None:
             note_default_model(model)
         config = BundleConfig(bits=bits, model=model, coeffs=coeffs, steps=steps, opset=opset, from_artifact=from_artifact, out=out,
-                              overwrite=overwrite, workspace_mib=workspace_mib, builder_level=builder_level, loras=parse_loras(lora))
+                              overwrite=overwrite, workspace_mib=workspace_mib, builder_level=builder_level, loras=parse_loras(lora),
+                              weight_range=weight_range(weight_range_), int8_attention=int8_attention)
         out = run_bundle(config, progress_printer())
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     console.print(f"wrote bundle {out}: {', '.join(files)}", highlight=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from qsched_export.cli.common import console, err_console, note_default_model, user_errors
-from qsched_export.cli.options import lora_option, parse_loras, progress_printer
+from qsched_export.cli.options import int8_attention_option, lora_option, parse_loras, progress_printer, weight_range, weight_range_option
 
 
 def export(
@@ -15,7 +15,7 @@ def export(
     lora: list[str] = lora_option(),
     coeffs: Path = typer.Option(None, "--coeffs", help="qsched.json from calibrate (default: the model folder's own, else out/<model>.qsched.json, else all-ones coefficients)."),
     bits: int = typer.Option(8, "--bits", "-b", help="32, 16, 8 or 4; what 4 means depends on --target (tensorrt: w4a16, onnxruntime: w4a8 MatMulNBits)."),
-    scheme: str = typer.Option(None, "--scheme", help="A scheme by name (fp32, fp16, w8a8, w4a8, w8a16, w4a16); overrides --bits/--target."),
+    scheme: str = typer.Option(None, "--scheme", help="A scheme by name (fp32, fp16, w8a8, w4a8, w4a8s, w8a16, w4a16); overrides --bits."),
     target: str = typer.Option("onnxruntime", "--target", "-t", help="tensorrt or onnxruntime: picks the scheme --bits means."),
     steps: int = typer.Option(4, "--steps", "-n", help="Sampler steps to unroll (must match the qsched.json)."),
     height: int = typer.Option(None, "--height", help="Image height (default: the model's)."),
@@ -30,6 +30,8 @@ def export(
     out: Path = typer.Option(None, "--out", "-o", help="Artifact folder to create (default: out/<model>-<scheme>-<steps>step)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="Prompt of the golden parity data."),
+    weight_range_: str = weight_range_option(),
+    int8_attention: bool = int8_attention_option(),
 ) -> None:
     """Export the few-step sampler as static ONNX graphs with baked Q-Sched coefficients and Q/DQ."""
     with user_errors():
@@ -37,10 +39,11 @@ def export(
         from qsched_export.api import qsched_candidates
         from qsched_export.export import ExportConfig, export_artifact
         from qsched_export.export.api import DEFAULT_PROMPT
-        from qsched_export.quant import get_scheme, scheme_for
+        from qsched_export.quant import scheme_for
         from runtimes.manifest import load_manifest
 
-        chosen = get_scheme(scheme) if scheme else scheme_for(target, bits)
+        # The target decides the Q/DQ placement and the default weight range, by --bits or by name.
+        chosen = scheme_for(target, bits, scheme=scheme, weight_range=weight_range(weight_range_), int8_attention=int8_attention)
         note_default_model(model)
         loras = parse_loras(lora)
         # The same lookup as build, without calibrating: export takes what exists.
@@ -49,7 +52,7 @@ def export(
             err_console.print("[yellow]warning:[/] no qsched.json found: exporting with all-ones Q-Sched coefficients (the plain sampler)", highlight=False)
         elif coeffs is None:
             console.print(f"[dim]no --coeffs given: using {found}[/]", highlight=False)
-        config = ExportConfig(out=out or outputs.export_dir(model, chosen.name, steps), model=model, scheme=chosen.name, coeffs=found, steps=steps,
+        config = ExportConfig(out=out or outputs.export_dir(model, chosen.name, steps), model=model, scheme=chosen, coeffs=found, steps=steps,
                               height=height, width=width, batch=batch, guidance_scale=guidance, gamma=gamma, opset=opset, fuse=fuse,
                               overwrite=overwrite, prompt=prompt or DEFAULT_PROMPT, loras=loras, negative_prompt=negative_prompt,
                               text_length=max_sequence_length)

@@ -29,6 +29,7 @@ from qsched_export.export.tokenizer_files import write_tokenizers
 from qsched_export.lora import LoraSpec
 from qsched_export.sampler import QSchedCoefficients
 from runtimes.manifest import GraphSpec, ImageSpec, Manifest, TensorSpec, write_manifest
+from runtimes.schemes import Scheme
 
 DEFAULT_PROMPT = "two small red circles on a blue background"
 # Image sides above this are refused before any work: the models we export are trained at 512-2048
@@ -43,7 +44,8 @@ class ExportConfig:
     Args:
         out (`Path`): the artifact folder to create.
         model (`str`, optional): diffusers folder or hub id; None = the embedded sample.
-        scheme (`str`): fp32, fp16, w8a8, w4a8, w8a16 or w4a16 (`qsched_export.quant.SCHEMES`).
+        scheme (`str` or `Scheme`): a scheme by name (`qsched_export.quant.SCHEMES`: fp32, fp16, w8a8, w4a8, w4a8s,
+            w8a16, w4a16) or a `Scheme` with a target's placement, weight range and int8 attention (`scheme_for`).
         coeffs (`Path`, optional): qsched.json (coefficients and activation ranges of `scheme`) or a
             bare `{latent_coeff, output_coeff}` file. Quantized schemes with static activations need a qsched.json.
         coefficients (`QSchedCoefficients`, optional): explicit coefficients instead of `coeffs`
@@ -64,7 +66,7 @@ class ExportConfig:
 
     out: Path
     model: str | None = None
-    scheme: str = "fp32"
+    scheme: "str | Scheme" = "fp32"
     coeffs: Path | None = None
     coefficients: QSchedCoefficients | None = None
     steps: int = 4

@@ -1,16 +1,18 @@
 """Tracing a module to an ONNX file, the INT4 packing pass, saving (external data over 2 GB) and checks.
 
-Exporter: torch.onnx's TorchScript exporter (`dynamo=False`). Measured on this machine with
-torch 2.14 on the tiny 4-step unrolled UNet: 3.6 s vs 24 s for the dynamo exporter, both within
-1e-5 of PyTorch; it also lets each quantized layer emit its exact Q/DQ (or MatMulNBits) nodes
-through `autograd.Function.symbolic` (see `qdq.py`) without a custom translation table.
+Exporter: torch.onnx's TorchScript exporter (`dynamo=False`), which lets each quantized layer
+emit its exact Q/DQ (or MatMulNBits) nodes through `autograd.Function.symbolic` (see `qdq.py`).
+docs/EXPORTER.md has the measurements against the dynamo exporter and the plan for the torch
+release that drops this one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -35,39 +37,105 @@ def default_opset(scheme) -> int:
     return STATIC_QDQ_OPSET if scheme.static_activations and not scheme.block_weights else MAX_OPSET
 
 
+# The TorchScript exporter lints its IR after each of its passes; on an unrolled, quantized UNet
+# that is most of the export (the sample's w8a8: 85 s with lint, 23 s without, byte-identical
+# ONNX). Lint only checks, and `check_model` verifies the result, so the export skips it, but
+# only on the torch releases where that was measured (the private hook may change meaning), and
+# only for the duration of one export call. `QSCHED_EXPORT_JIT_LINT=1` keeps it (the tests run
+# one export each way and compare the bytes).
+LINT_ENV = "QSCHED_EXPORT_JIT_LINT"
+LINT_SKIP_TORCH = ((2, 4), (2, 14))  # inclusive (major, minor) range where skipping was measured
+
+
+def _torch_minor() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def lint_skipped() -> bool:
+    """Whether `export_module` skips the TorchScript IR lint here (see LINT_SKIP_TORCH)."""
+    lo, hi = LINT_SKIP_TORCH
+    return os.environ.get(LINT_ENV) != "1" and callable(getattr(torch._C, "_jit_pass_lint", None)) and lo <= _torch_minor() <= hi
+
+
+@contextlib.contextmanager
+def _without_ir_lint() -> Iterator[None]:
+    if not lint_skipped():
+        yield
+        return
+    original = torch._C._jit_pass_lint
+    torch._C._jit_pass_lint = lambda graph: None
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_lint = original
+
+
 ONNX_TO_NUMPY = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 11: "float64"}
 
 
+EXPORTER_ENV = "QSCHED_EXPORTER"  # "dynamo": torch.onnx's dynamo exporter instead (docs/EXPORTER.md)
+EXPORTERS = ("torchscript", "dynamo")
+
+
 def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names, output_names, opset: int,
-                  microsoft_ops: bool = False) -> "onnx.ModelProto":
+                  microsoft_ops: bool = False, exporter: str | None = None) -> "onnx.ModelProto":
     """Trace `module(*args)` with static shapes and return the ModelProto (weights loaded), ready for
-    saving. `microsoft_ops` declares the com.microsoft domain (MatMulNBits). The trace goes to a scratch file beside `path` so external data never mixes."""
+    saving. `microsoft_ops` declares the com.microsoft domain (MatMulNBits). The trace goes to a
+    scratch file beside `path` so external data never mixes. `exporter`: "torchscript" (default)
+    or "dynamo" (None: the QSCHED_EXPORTER environment variable, else torchscript)."""
     import onnx
 
+    exporter = exporter or os.environ.get(EXPORTER_ENV) or "torchscript"
+    if exporter not in EXPORTERS:
+        raise QSchedError(f"unknown exporter {exporter!r} (from {EXPORTER_ENV})", f"use one of {', '.join(EXPORTERS)}")
     scratch = path.parent / f".trace-{path.stem}"
     scratch.mkdir()
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            # The TorchScript exporter's deprecation and tracer warnings are about code we do not
-            # control (diffusers' shape asserts); they do not change the graph.
+            # The exporters' deprecation and tracer warnings are about code we do not control
+            # (diffusers' shape asserts); they do not change the graph.
             warnings.simplefilter("ignore")
-            # The exporter lints its TorchScript IR after each of its ten passes; on an unrolled,
-            # quantized UNet that is most of the export (the sample's w8a8: 85 s with lint, 23 s
-            # without, byte-identical ONNX). Lint only checks; check_model verifies the result.
-            with mock.patch.object(torch._C, "_jit_pass_lint", lambda graph: None):
-                torch.onnx.export(module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
-                                  input_names=list(input_names), output_names=list(output_names), do_constant_folding=True,
-                                  custom_opsets={"com.microsoft": 1} if microsoft_ops else None)
-        return onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+            if exporter == "dynamo":
+                _export_dynamo(module, args, scratch / "model.onnx", input_names, output_names, opset)
+            else:
+                with _without_ir_lint():  # see LINT_ENV
+                    torch.onnx.export(module, args, str(scratch / "model.onnx"), dynamo=False, opset_version=opset,
+                                      input_names=list(input_names), output_names=list(output_names), do_constant_folding=True,
+                                      custom_opsets={"com.microsoft": 1} if microsoft_ops else None)
+        model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+        if exporter == "dynamo":
+            for node in model.graph.node:  # per-node source locations and FX names: most of its bytes
+                del node.metadata_props[:]
+                node.doc_string = ""
+        return model
     finally:
         for f in sorted(scratch.rglob("*"), reverse=True):
             f.unlink() if f.is_file() else f.rmdir()
         scratch.rmdir()
 
 
+def _export_dynamo(module, args, path: Path, input_names, output_names, opset: int) -> None:
+    """torch.onnx.export(dynamo=True): the export layers call torch.library custom ops, which
+    onnxscript writes as the same Q/DQ (MatMulNBits) nodes (qdq.dynamo_translations)."""
+    import contextlib as _contextlib
+    import io
+
+    from qsched_export.export import qdq
+
+    with qdq.use_dynamo_ops(), _contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=list(input_names),
+                                    output_names=list(output_names), custom_translation_table=qdq.dynamo_translations(opset),
+                                    optimize=False, external_data=True)
+    # Not its optimizer: it folds every weight's DequantizeLinear into a float initializer (no int8
+    # kernel fuses, TensorRT's contract breaks) and w4a8s' int4 unpacking (measured, docs/EXPORTER.md).
+    program.save(str(path), external_data=True)
+
+
 def pack_int4_weights(model) -> int:
-    """Turn the int8 initializers feeding block-wise DequantizeLinear (values in [-8, 7]) into INT4
-    initializers (two per byte, first in the low nibble, as ONNX and TensorRT pack). Returns the count."""
+    """Turn the int8 initializers feeding blockwise DequantizeLinear (values in [-8, 7]) into INT4
+    initializers (two per byte, first in the low nibble, as ONNX and TensorRT pack). Returns the
+    count. (w4a8s packs its nibbles into uint8 buffers itself: `qdq.pack_nibbles`.)"""
     import numpy as np
     import onnx
     from onnx import numpy_helper

@@ -12,11 +12,15 @@ The exporter turns each wrapped layer into ONNX nodes that compute exactly what 
   `spec.reduce_range`, int8 values lie in [-64, 63]), shaped like
   `module.weight`; `quantized_weight() * weight_scale` (expanded) is the dequantized weight.
 - `input_scale`: 0-d float32, the static per-tensor int8 scale of the layer input (act_mode "static").
-- `output_scale`: 0-d float32, the int8 scale of the layer's product BEFORE the bias is added
-  (when `spec.quantize_outputs`): quant mode computes
-  `DQ(Q(DQ(Q(x)) @ W_dq^T, output_scale)) + bias` (for Conv, the bias broadcasts over H, W), so the
-  exporter emits MatMul/Conv without bias -> Q -> DQ -> Add(bias), which ORT fuses to QLinearMatMul /
-  QLinearConv followed by a float Add.
+- `output_scale`: 0-d float32, the int8 scale of the layer's output (when `spec.quantize_outputs`).
+  With `spec.bias_int32` (QLinearConv's form) quant mode computes
+  `DQ(Q(DQ(Q(x)) * W_dq + bias_dq, output_scale))`, with the bias quantized to int32 at the scale
+  `input_scale * weight_scale` (`bias_int32()`, `bias_scale()`); without outputs, `DQ(Q(x)) @ W_dq^T + bias`
+  in float (ORT: MatMulIntegerToFloat; TensorRT: its own epilogue).
+- `requant_scale` (`spec.requant_bits`): float32 `(out,)`, the per-output-channel scale of the int8
+  weights that int4 weights are requantized to when the session loads; `requantized_weight()`
+  their int8 values, computed exactly as the exported ONNX ops do it (float32: `q4 * s4 / s8`,
+  round half to even, clip).
 - `input_amax`, `output_amax`: the calibrated ranges (floats) the scales came from.
 
 With act_mode "dynamic" (w4a8) the input is quantized at run time per row and block of
@@ -39,6 +43,7 @@ from torch import nn
 from qsched_export.errors import QSchedError
 from qsched_export.quant import numerics
 from qsched_export.quant.schemes import Scheme, get_scheme
+from runtimes.schemes import ATTENTION_PROBS_SCALE
 
 # Layers kept in float: timestep and text/pooled embeddings, the first and last conv (image <->
 # latent features), positional/context embedders and the output norm, as in NVIDIA's diffusers INT8
@@ -68,7 +73,12 @@ class QuantLayer(nn.Module):
         self.output_amax: float | None = None
         group, bits = self.spec.group_size, self.spec.weight_qbits
         self.register_buffer("weight_scale", numerics.weight_scale(module.weight, bits, group))
-        self.register_buffer("_weight_dq", numerics.fake_quant_weight(module.weight, self.weight_scale, bits, group), persistent=False)
+        weight_dq = numerics.fake_quant_weight(module.weight, self.weight_scale, bits, group)
+        if self.spec.requant_bits:
+            # int4 -> int8 once at session load: per output channel of the dequantized int4 weight.
+            self.register_buffer("requant_scale", numerics.weight_scale(weight_dq, self.spec.int8_weight_bits, None))
+            weight_dq = self.requantized_weight().to(torch.float32) * numerics.expand_weight_scale(self.requant_scale, weight_dq.shape, None)
+        self.register_buffer("_weight_dq", weight_dq.to(module.weight.dtype), persistent=False)
         if self.spec.static_activations:
             self.register_buffer("input_scale", torch.tensor(float("nan")))
         if self.spec.quantize_outputs:
@@ -78,8 +88,23 @@ class QuantLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         return numerics.quantize_weight(self.module.weight, self.weight_scale, self.spec.weight_qbits, self.spec.group_size)
 
+    def requantized_weight(self) -> torch.Tensor:
+        """The int8 weight a `requant_bits` layer runs with (int8 storage, values in the int8 range)."""
+        dq4 = self.quantized_weight().to(torch.float32) * numerics.expand_weight_scale(self.weight_scale, self.module.weight.shape, self.spec.group_size)
+        return numerics.quantize_weight(dq4, self.requant_scale, self.spec.int8_weight_bits, None)
+
     def dequantized_weight(self) -> torch.Tensor:
         return self._weight_dq
+
+    def bias_scale(self) -> torch.Tensor:
+        """Per output channel, `input_scale * weight_scale` (float32): the scale of the int32 bias."""
+        scale = self.requant_scale if self.spec.requant_bits else self.weight_scale
+        return (self.input_scale * scale).to(torch.float32)
+
+    def bias_int32(self) -> torch.Tensor:
+        """The bias quantized as QLinearConv adds it to the int32 accumulator (clipped to int32)."""
+        q = torch.round(self.module.bias.detach().to(torch.float32) / self.bias_scale())
+        return q.clamp_(-(2**31), 2**31 - 1).to(torch.int32)
 
     def needs_ranges(self) -> bool:
         return self.spec.static_activations
@@ -113,8 +138,11 @@ class QuantLayer(nn.Module):
     def _product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
+    def _bias_shaped(self, bias: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.module.bias is None else y + self._bias_shaped(self.module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "float":
@@ -133,6 +161,9 @@ class QuantLayer(nn.Module):
         elif self.spec.act_mode == "dynamic":
             x = numerics.dynamic_block_fake_quant(x, self.spec.group_size, self.spec.act_bits)
         y = self._product(x, self._weight_dq)
+        if self.spec.bias_int32 and self.module.bias is not None:
+            y = y + self._bias_shaped((self.bias_int32().to(torch.float32) * self.bias_scale()).to(y.dtype))
+            return numerics.fake_quant(y, self.output_scale, self.spec.act_bits)
         if self.spec.quantize_outputs:
             y = numerics.fake_quant(y, self.output_scale, self.spec.act_bits)
         return self._add_bias(y)
@@ -145,8 +176,8 @@ class QuantLinear(QuantLayer):
     def _product(self, x, weight):
         return F.linear(x, weight)
 
-    def _add_bias(self, y):
-        return y if self.module.bias is None else y + self.module.bias
+    def _bias_shaped(self, bias):
+        return bias
 
 
 class QuantConv2d(QuantLayer):
@@ -154,8 +185,115 @@ class QuantConv2d(QuantLayer):
         m = self.module
         return F.conv2d(x, weight, None, m.stride, m.padding, m.dilation, m.groups)
 
-    def _add_bias(self, y):
-        return y if self.module.bias is None else y + self.module.bias.view(1, -1, 1, 1)
+    def _bias_shaped(self, bias):
+        return bias.view(1, -1, 1, 1)
+
+
+def _fake_quant8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return numerics.fake_quant(x, scale, 8)
+
+
+ATTENTION_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # diffusers' default processors, the ones int8 attention replaces
+
+
+class QuantAttention:
+    """A diffusers attention processor (replacing `AttnProcessor2_0`/`AttnProcessor`, as in
+    UNet2DConditionModel's and SD3/PixArt-style `Attention` modules) whose Q·Kᵀ and P·V products
+    take int8 inputs with static per-tensor scales:
+
+        s = DQ(Q(q / sqrt(d), q_scale)) @ DQ(Q(k, k_scale))ᵀ (+ mask);  p = softmax(s)
+        out = DQ(Q(p, 1/127)) @ DQ(Q(v, v_scale))
+
+    The softmax scale is folded into q before its quantizer (one Mul, no scaling of the scores).
+    Modes as `QuantLayer` ("float" runs the original processor; "observe" records the amax of
+    q / sqrt(d), k and v). Scales are 0-d float32 tensors; the exporter swaps `qdq` for the
+    graph-emitting QuantizeLinear/DequantizeLinear (export/qdq.py), same numerics."""
+
+    def __init__(self, original, name: str):
+        self.original = original
+        self.name = name
+        self.mode = "quant"
+        self.percentile: float | None = None
+        self.amax: dict[str, float | None] = {"q_amax": None, "k_amax": None, "v_amax": None}
+        self.scales: dict[str, torch.Tensor] = {}
+        self.qdq = _fake_quant8
+
+    def reset_observer(self) -> None:
+        self.amax = dict.fromkeys(self.amax)
+
+    def set_ranges(self, ranges: dict[str, float | None]) -> None:
+        for key in self.amax:
+            value = ranges.get(key)
+            if value is None or not math.isfinite(value):
+                raise QSchedError(f"attention {self.name} has no calibrated {key}", "observe ranges on calibration prompts first (calibrate)")
+            self.amax[key] = float(value)
+            self.scales[key] = numerics.scale_from_amax(torch.tensor(float(value)), 8)
+        self.scales["p"] = torch.tensor(ATTENTION_PROBS_SCALE, dtype=torch.float32)
+
+    def _record(self, key: str, t: torch.Tensor) -> None:
+        a = t.detach().abs().flatten().to(torch.float32)
+        amax = float(a.max()) if self.percentile is None else float(a.kthvalue(max(1, math.ceil(self.percentile / 100 * a.numel()))).values)
+        self.amax[key] = amax if self.amax[key] is None else max(self.amax[key], amax)
+
+    def _attention(self, q, k, v, mask):
+        q = q * (q.shape[-1] ** -0.5)
+        if self.mode == "observe":
+            for key, t in (("q_amax", q), ("k_amax", k), ("v_amax", v)):
+                self._record(key, t)
+            p = torch.softmax(q @ k.transpose(-1, -2) + (0 if mask is None else mask), dim=-1)
+            return p @ v
+        if not self.scales:
+            raise QSchedError(f"attention {self.name} has no calibrated ranges", "observe ranges on calibration prompts first (calibrate)")
+        q, k, v = (self.qdq(t, self.scales[key]) for t, key in ((q, "q_amax"), (k, "k_amax"), (v, "v_amax")))
+        scores = q @ k.transpose(-1, -2)
+        if mask is not None:
+            scores = scores + mask
+        return self.qdq(torch.softmax(scores, dim=-1), self.scales["p"]) @ v
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if self.mode == "float":
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        # AttnProcessor2_0's steps, with its scaled_dot_product_attention replaced by `_attention`.
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+        hidden_states = self._attention(query, key, value, attention_mask)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def quant_attentions(model: nn.Module) -> dict[str, QuantAttention]:
+    return {m.processor.name: m.processor for m in model.modules() if isinstance(getattr(m, "processor", None), QuantAttention)}
 
 
 @dataclass
@@ -167,10 +305,11 @@ class QuantReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
+    attention: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"scheme": self.scheme, "quantized": list(self.quantized), "skipped": [list(s) for s in self.skipped],
-                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after, "int8_attention": list(self.attention)}
 
     def __rich__(self):
         from rich.table import Table
@@ -180,6 +319,8 @@ class QuantReport:
         table.add_column("status")
         for name in self.quantized:
             table.add_row(name, "quantized")
+        for name in self.attention:
+            table.add_row(name, "int8 attention")
         for name, reason in self.skipped:
             table.add_row(name, f"[dim]float: {reason}[/]")
         ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
@@ -231,7 +372,26 @@ def quantize_model(model: nn.Module, scheme: Scheme | str, *, skip: tuple[str, .
         packed = w.numel() * layer.spec.weight_bits // 8
         report.bytes_after += packed + 4 * layer.weight_scale.numel() - w.numel() * w.element_size()
         report.quantized.append(name)
+    if scheme.int8_attention:
+        _quantize_attention(model, report, skip)
     return report
+
+
+def _quantize_attention(model: nn.Module, report: QuantReport, skip: tuple[str, ...]) -> None:
+    """Give every diffusers attention module with a default processor a `QuantAttention`; list the others as skipped."""
+    for name, module in model.named_modules():
+        processor = getattr(module, "processor", None)
+        if processor is None or not hasattr(module, "set_processor") or not hasattr(module, "to_q"):
+            continue
+        hit = skip_pattern(name, skip)
+        kind = type(processor).__name__
+        if hit is not None:
+            report.skipped.append((name, f"skip pattern {hit!r}"))
+        elif kind not in ATTENTION_PROCESSORS:
+            report.skipped.append((name, f"attention processor {kind} is not supported by int8 attention (only {', '.join(ATTENTION_PROCESSORS)})"))
+        else:
+            module.set_processor(QuantAttention(processor, name))
+            report.attention.append(name)
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -241,7 +401,7 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
 def set_mode(model: nn.Module, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    for layer in quant_layers(model).values():
+    for layer in (*quant_layers(model).values(), *quant_attentions(model).values()):
         layer.mode = mode
 
 
@@ -252,7 +412,7 @@ def observe_ranges(model: nn.Module, percentile: float | None = None) -> Iterato
     exit the ranges become the static scales and the layers switch to "quant" mode."""
     if percentile is not None and not 0 < percentile <= 100:
         raise QSchedError(f"percentile must be in (0, 100], got {percentile}", "use e.g. 99.99")
-    layers = quant_layers(model).values()
+    layers = (*quant_layers(model).values(), *quant_attentions(model).values())
     for layer in layers:
         layer.reset_observer()
         layer.percentile = percentile
@@ -264,32 +424,52 @@ def observe_ranges(model: nn.Module, percentile: float | None = None) -> Iterato
             layer.mode = "quant"
             layer.percentile = None
     for layer in layers:
-        if layer.needs_ranges():
+        if isinstance(layer, QuantAttention):
+            layer.set_ranges(layer.amax)
+        elif layer.needs_ranges():
             layer.set_ranges(layer.input_amax, layer.output_amax)
 
 
 def activation_ranges(model: nn.Module) -> dict[str, dict[str, float]]:
     """`{layer name: {"input_amax": .., "output_amax": ..}}` for layers with static activation
-    scales (the keys the scheme needs), as stored in qsched.json."""
+    scales, and `{attention name: {"q_amax", "k_amax", "v_amax"}}` with int8 attention, as stored
+    in qsched.json. `output_amax` is written whenever it was observed (it is a float-model range,
+    so the ranges serve every Q/DQ placement), and required when the scheme quantizes outputs."""
     ranges = {}
     for name, layer in quant_layers(model).items():
         if not layer.needs_ranges():
             continue
         entry = {"input_amax": layer._need(layer.input_amax, "input_amax")}
-        if layer.spec.quantize_outputs:
+        if layer.spec.quantize_outputs or layer.output_amax is not None:
             entry["output_amax"] = layer._need(layer.output_amax, "output_amax")
         ranges[name] = entry
+    for name, attention in quant_attentions(model).items():
+        ranges[name] = {k: attention.amax[k] for k in attention.amax}
+        for key, value in ranges[name].items():
+            if value is None:
+                raise QSchedError(f"attention {name} has no calibrated {key}", "observe ranges on calibration prompts first (calibrate)")
     return ranges
 
 
 def set_activation_ranges(model: nn.Module, ranges: dict[str, dict[str, float]]) -> None:
     """Load ranges from qsched.json into a model quantized with the same scheme and skip list."""
-    layers = {n: l for n, l in quant_layers(model).items() if l.needs_ranges()}
+    layers: dict = {n: l for n, l in quant_layers(model).items() if l.needs_ranges()}
+    layers.update(quant_attentions(model))
+    # Ranges of layers this scheme keeps float or quantizes without static scales (e.g. a file
+    # that also holds attention ranges) are not an error: they are float-model observations.
+    static_names = {n for n, l in quant_layers(model).items() if not l.needs_ranges()}
     missing = sorted(set(layers) - set(ranges))
-    extra = sorted(set(ranges) - set(layers))
+    extra = sorted(set(ranges) - set(layers) - static_names - _attention_names(model))
     if missing or extra:
         detail = (f"no range for {', '.join(missing[:3])}" if missing else "") + ("; " if missing and extra else "") + \
                  (f"ranges for unknown layers {', '.join(extra[:3])}" if extra else "")
         raise QSchedError(f"activation ranges do not fit this model ({detail})", "recalibrate this model with the same scheme")
     for name, layer in layers.items():
-        layer.set_ranges(ranges[name].get("input_amax"), ranges[name].get("output_amax"))
+        if isinstance(layer, QuantAttention):
+            layer.set_ranges(ranges[name])
+        else:
+            layer.set_ranges(ranges[name].get("input_amax"), ranges[name].get("output_amax"))
+
+
+def _attention_names(model: nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "to_q")}

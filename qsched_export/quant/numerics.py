@@ -17,6 +17,9 @@ ARM NEON builds round half away from zero instead, which this simulates only up 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 # Keys are the bits of the value range; 7 is int8 storage with a reduced range (see Scheme.reduce_range).
@@ -38,9 +41,38 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     return q.clamp_(QMIN[bits], QMAX[bits]).to(torch.int8)
 
 
+# The share of activation roundings `fake_quant` sends the other way (see `flipped_roundings`).
+_flip_share = 0.0
+
+
+@contextlib.contextmanager
+def flipped_roundings(share: float) -> Iterator[None]:
+    """Inside this block `fake_quant` rounds the share `share` of its values to the other
+    neighbour: those whose fraction lies within share / 2 of a tie. A runtime computes the same
+    graph up to float order, which moves a few values across a rounding boundary; the output's
+    distance to the exact fake-quant under a known flip share is the yardstick the parity check
+    holds a runtime to (runtimes/parity.py: its errors are judged in flips, not in absolute units)."""
+    global _flip_share
+    if not 0 <= share < 1:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    previous, _flip_share = _flip_share, share
+    try:
+        yield
+    finally:
+        _flip_share = previous
+
+
+def _round(v: torch.Tensor) -> torch.Tensor:
+    q = torch.round(v)  # half to even, as ONNX
+    if _flip_share:
+        near_tie = (v - torch.floor(v) - 0.5).abs() < _flip_share / 2
+        q = torch.where(near_tie, torch.where(q > v, q - 1, q + 1), q)
+    return q
+
+
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
     """QuantizeLinear -> DequantizeLinear. `scale` broadcasts against `x` (0-d = per tensor)."""
-    q = torch.round(x.to(torch.float32) / scale).clamp_(QMIN[bits], QMAX[bits])
+    q = _round(x.to(torch.float32) / scale).clamp_(QMIN[bits], QMAX[bits])
     return (q * scale).to(x.dtype)
 
 
@@ -91,6 +123,6 @@ def dynamic_block_fake_quant(x: torch.Tensor, block: int, bits: int = 8) -> torc
     amax = a.abs().amax(dim=2, keepdim=True)
     scale = amax / qmax
     inv = torch.where(amax != 0, qmax / amax, torch.zeros_like(amax))
-    q = torch.round(a * inv).clamp_(QMIN[bits], QMAX[bits])
+    q = _round(a * inv).clamp_(QMIN[bits], QMAX[bits])
     out = (q * scale).reshape(a.shape[0], -1)[:, :k]
     return out.reshape(x.shape).to(x.dtype)

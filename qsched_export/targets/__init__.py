@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from qsched_export.targets.options import TARGETS, BuildOptions
+from qsched_export.targets.options import BuildOptions
+from runtimes.schemes import TARGETS
 
 _MODULES = {"tensorrt": "tensorrt", "onnxruntime": "onnxruntime", "ort-mobile": "ort_mobile"}
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qsched_export.errors import QSchedError
+from runtimes.schemes import TARGETS
 
-TARGETS = ("tensorrt", "onnxruntime", "ort-mobile")
 ORT_LEVELS = ("basic", "extended", "all")
 MOBILE_PLATFORMS = ("arm", "amd64")
 

@@ -15,6 +15,15 @@ Q/DQ rules (TensorRT 10.x, both profiles):
                    MatMul/Gemm, last dim even, exactly one blocked axis, `block_size` agreeing
                    with the shapes, opset >= 21 (the `block_size` attribute); never on activations
   block            block (same-rank) scales only for INT4 (10.3 allows nothing else)
+  placement        TensorRT's documented Q/DQ placement: an activation's DequantizeLinear feeds
+                   the data input of a Conv/ConvTranspose/MatMul/Gemm (both inputs of an
+                   activation x activation MatMul: attention) or an Add (the residual input
+                   TensorRT fuses into the conv's epilogue), through Reshape/Transpose/Flatten/
+                   Squeeze/Unsqueeze at most. A DequantizeLinear in front of any other op (a
+                   quantized output before GroupNorm, Softmax, ...) is a separate reformat
+                   kernel in TensorRT, not a fused int8 op: ONNX Runtime's placement, the wrong
+                   graph for TensorRT.
+  int4-consumer    an INT4 initializer feeds DequantizeLinear only (TensorRT reads INT4 only there)
 Graph rules:
   static-shape     every graph input/output has fixed, positive dims
   ort-only-op      no `com.microsoft` ops (MatMulNBits, QLinear*, ... run on ONNX Runtime only)
@@ -84,6 +93,9 @@ _SCALE_DTYPES = (_T.FLOAT, _T.FLOAT16, _T.BFLOAT16)
 # Ops that pass a constant through unchanged in value layout terms: a weight behind them is
 # still "rooted at a constant" for TensorRT's constant folding.
 _PASS_THROUGH = {"Identity", "Cast", "Reshape", "Transpose", "Unsqueeze", "Squeeze"}
+# Where an activation DequantizeLinear may lead (the placement rule), and the shape-only ops on the way.
+_QUANTIZABLE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add"}
+_SHAPE_ONLY = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"}
 
 
 @dataclass(frozen=True)
@@ -98,12 +110,19 @@ class Violation:
 
 
 class ContractError(QSchedError):
-    """A graph TensorRT would reject; `violations` lists every one."""
+    """A graph TensorRT would reject; `violations` lists every one. The message lists the first
+    `SHOWN` one per line, then how many more (a graph with a wrong placement breaks the same
+    rule at hundreds of nodes, and one long line helps nobody)."""
+
+    SHOWN = 5
 
     def __init__(self, graph: str, violations: list[Violation]):
         self.violations = violations
-        shown = "; ".join(map(str, violations[:5])) + (f"; ... {len(violations) - 5} more" if len(violations) > 5 else "")
-        super().__init__(f"{graph} breaks TensorRT's contract in {len(violations)} place(s): {shown}",
+        rules = sorted({v.rule for v in violations})
+        lines = [f"  {v}" for v in violations[: self.SHOWN]]
+        if len(violations) > self.SHOWN:
+            lines.append(f"  ... and {len(violations) - self.SHOWN} more")
+        super().__init__(f"{graph} breaks TensorRT's contract in {len(violations)} place(s) (rules: {', '.join(rules)}):\n" + "\n".join(lines),
                          "re-export for --target tensorrt (qsched-export export/build picks the TensorRT form), or fix the graph")
 
 
@@ -331,6 +350,42 @@ def _check_block(g: _Graph, node, label: str, scale: np.ndarray, x_shape, qtype,
     return out
 
 
+def _check_placement(g: _Graph, node, label: str) -> list[Violation]:
+    """An activation DequantizeLinear must lead to a quantizable input (module docstring, placement)."""
+    if g.rooted_at_constant(node.input[0]):
+        return []
+    producer = g.producer.get(node.input[0])
+    if producer is not None and producer.op_type == "QuantizeLinear" and g.rooted_at_constant(producer.input[0]):
+        return []  # Q/DQ of a float weight
+    wrong: list[str] = []
+    frontier = [node.output[0]]
+    while frontier:
+        for consumer, slot in g.consumers.get(frontier.pop(), []):
+            if consumer.op_type in _SHAPE_ONLY and slot == 0:
+                frontier.append(consumer.output[0])
+            elif consumer.op_type in ("Conv", "ConvTranspose") and slot != 0:
+                wrong.append(f"{consumer.op_type} input {slot}")
+            elif consumer.op_type not in _QUANTIZABLE:
+                wrong.append(consumer.op_type)
+    if not wrong:
+        return []
+    return [Violation(label, node.op_type, "placement", f"activation Q/DQ of {node.input[0]} feeds {', '.join(sorted(set(wrong)))}: TensorRT "
+                      "quantizes the inputs of Conv/MatMul/Gemm and residual Adds only (a quantized output before other ops is ONNX "
+                      "Runtime's placement)")]
+
+
+def _check_int4_consumers(g: _Graph) -> list[Violation]:
+    out = []
+    for name, tensor in g.init.items():
+        if tensor.data_type not in (_INT4, _UINT4):
+            continue
+        for consumer, _ in g.consumers.get(name, []):
+            if consumer.op_type != "DequantizeLinear":
+                out.append(Violation(_label(consumer, 0), consumer.op_type, "int4-consumer",
+                                     f"INT4 initializer {name} feeds {consumer.op_type}; TensorRT reads INT4 only through DequantizeLinear"))
+    return out
+
+
 def _check_op(node, label: str, profiles: list[TensorRTProfile]) -> list[Violation]:
     out: list[Violation] = []
     if node.domain not in ("", "ai.onnx"):
@@ -382,7 +437,9 @@ def check_model(model, profiles: tuple[str, ...] = DEFAULT_PROFILES) -> list[Vio
         out += _check_op(node, label, chosen)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx"):
             out += _check_qdq(g, node, label, opset)
-    return out
+        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx"):
+            out += _check_placement(g, node, label)
+    return out + _check_int4_consumers(g)
 
 
 def require_contract(paths: list[str | Path], profiles: tuple[str, ...] = DEFAULT_PROFILES) -> None:

@@ -10,10 +10,11 @@ import torch
 
 from qsched_export.errors import QSchedError
 from qsched_export.quant import (
-    DEFAULT_SKIP_PATTERNS, SCHEMES, LayerQuant, QuantConv2d, QuantLinear, Scheme, activation_ranges, get_scheme, observe_ranges, quant_layers, quantize_model,
-    scheme_for, set_activation_ranges,
+    DEFAULT_SKIP_PATTERNS, SCHEMES, LayerQuant, QuantAttention, QuantConv2d, QuantLinear, Scheme, SchemeError, activation_ranges, get_scheme,
+    observe_ranges, quant_attentions, quant_layers, quantize_model, scheme_for, set_activation_ranges,
 )
 from qsched_export.testing import tiny_sd_components
+from runtimes.cpu import CpuInfo
 
 # The tiny UNet: 4 transformer blocks x (2 attentions x 4 projections + 2 feed-forward) + 8 ResNet
 # time_emb_proj = 48 Linear; 31 Conv2d (5 of them conv_shortcut); kept in float: conv_in, conv_out
@@ -49,7 +50,8 @@ def _sqnr(ref, out):
     return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()))
 
 
-@pytest.mark.parametrize("scheme,linear,conv", [("w8a8", LINEAR, CONV), ("w8a16", LINEAR, CONV), ("w4a8", LINEAR, CONV), ("w4a16", LINEAR, CONV), ("w3a8", LINEAR, CONV)])
+@pytest.mark.parametrize("scheme,linear,conv", [("w8a8", LINEAR, CONV), ("w8a16", LINEAR, CONV), ("w4a8", LINEAR, CONV), ("w4a8s", LINEAR, CONV),
+                                                 ("w4a16", LINEAR, CONV), ("w3a8", LINEAR, CONV)])
 def test_quantizes_expected_layers(unet, scheme, linear, conv):
     q = copy.deepcopy(unet)
     report = quantize_model(q, scheme)
@@ -125,18 +127,50 @@ def test_missing_or_mismatched_ranges_are_user_errors(unet, batches):
         set_activation_ranges(q, {"not.a.layer": {"input_amax": 1.0, "output_amax": 1.0}})
     with pytest.raises(QSchedError, match="already quantized"):
         quantize_model(q, "w8a8")
-    with pytest.raises(QSchedError, match="dynamic activations exist for Linear layers only"):
+    with pytest.raises(SchemeError, match="dynamic activations exist for Linear layers only"):
         Scheme("bad", conv=get_scheme("w4a8").linear)
+
+
+AVX2 = CpuInfo("x86_64", "an AVX2 CPU", frozenset({"avx2", "fma"}))
+AMX = CpuInfo("x86_64", "a Xeon", frozenset({"avx2", "avx512f", "avx512_vnni", "amx_int8"}))
 
 
 def test_scheme_lookup():
     assert scheme_for("tensorrt", 4).name == "w4a16" and scheme_for("onnxruntime", 4).name == "w4a8"
     assert scheme_for("ort-mobile", 8).name == "w8a8" and scheme_for("tensorrt", 16).name == "fp16"
-    with pytest.raises(QSchedError, match="bits must be 4, 8, 16 or 32"):
+    with pytest.raises(QSchedError, match="bits must be 4, 8, 16 or 32"):  # the torch side's error, a UserError
         scheme_for("tensorrt", 3)
-    with pytest.raises(QSchedError, match="use one of fp32, fp16, w8a8, w4a8, w8a16, w4a16, w3a8"):
+    with pytest.raises(QSchedError, match="use one of fp32, fp16, w8a8, w4a8, w4a8s, w8a16, w4a16, w3a8"):
         get_scheme("w2a2")
     assert [n for n, s in SCHEMES.items() if not s.exportable] == ["w3a8", "w4a6", "w8a6"]
+    assert [scheme_for("onnxruntime", b).bits for b in (4, 8, 16, 32)] == [4, 8, 16, 32]
+
+
+def test_placement_and_weight_range_per_target():
+    """ONNX Runtime: Conv output quantized with the bias inside (QLinearConv), Linear float out;
+    TensorRT: inputs only. The 7-bit range only where ORT's x86 kernel saturates (no VNNI/AMX)."""
+    trt = scheme_for("tensorrt", 8, cpu=AVX2)
+    assert trt.placement == "tensorrt" and trt.weight_range == "full"
+    assert not trt.conv.quantize_outputs and not trt.linear.quantize_outputs and not trt.conv.bias_int32
+    ort_avx2, ort_amx = scheme_for("onnxruntime", 8, cpu=AVX2), scheme_for("onnxruntime", 8, cpu=AMX)
+    assert ort_avx2.weight_range == "7bit" and ort_amx.weight_range == "full"
+    assert ort_amx.conv.quantize_outputs and ort_amx.conv.bias_int32 and not ort_amx.linear.quantize_outputs
+    assert scheme_for("onnxruntime", 8, weight_range="full", cpu=AVX2).weight_range == "full"  # explicit wins
+    assert scheme_for("ort-mobile", 8, cpu=AVX2).weight_range == "full"  # phones: ARM, exact
+    assert scheme_for("onnxruntime", 8, scheme="w4a8s", cpu=AVX2).weight_range == "7bit"
+    with pytest.raises(QSchedError, match="no int8 weights"):
+        scheme_for("onnxruntime", 4, weight_range="full")
+    with pytest.raises(QSchedError, match="int8 attention needs a quantized scheme"):
+        scheme_for("onnxruntime", 32, int8_attention=True)
+    with pytest.raises(SchemeError, match="int8 attention needs a scheme with static int8 activations"):
+        Scheme("bad", linear=get_scheme("w4a8").linear, int8_attention=True)
+    # A manifest's record round-trips, and an old one (no placement, no attention) reads as it was written.
+    for scheme in (ort_avx2, trt, scheme_for("onnxruntime", 8, int8_attention=True), get_scheme("w4a8s"), get_scheme("fp16")):
+        assert Scheme.from_dict(scheme.to_dict()) == scheme
+    old = {k: v for k, v in ort_avx2.to_dict().items() if k not in ("placement", "int8_attention", "bits", "weight_range")}
+    assert Scheme.from_dict(old) == ort_avx2
+    with pytest.raises(SchemeError, match="unknown layer field"):
+        Scheme.from_dict({**old, "linear": {**old["linear"], "sparsity": 2}})
 
 
 def test_study_schemes_lose_more_than_the_exported_ones(unet, batches):
@@ -149,3 +183,45 @@ def test_study_schemes_lose_more_than_the_exported_ones(unet, batches):
     q, _ = _calibrated(unet, "w3a8", batches)
     w = q.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn1.to_q").quantized_weight()
     assert int(w.min()) >= -4 and int(w.max()) <= 3 and int(w.abs().max()) == 3
+
+
+def test_w4a8s_requantizes_int4_to_int8_per_channel(unet, batches):
+    """w4a8s stores int4 blocks; the kernel multiplies int8 weights, per output channel, with the
+    scale of the dequantized int4 weight: the executed weight is exactly DQ8(Q8(DQ4(Q4(W))))."""
+    q, _ = _calibrated(unet, "w4a8s", batches)
+    layer = q.get_submodule("mid_block.resnets.0.conv1")
+    q4, q8 = layer.quantized_weight(), layer.requantized_weight()
+    assert int(q4.abs().max()) == 7 and int(q8.abs().max()) == 127 and q8.dtype == torch.int8
+    dq4 = q4.float() * layer.weight_scale.repeat_interleave(64, dim=1)[:, : q4.shape[1]]
+    assert torch.equal(layer.requant_scale, dq4.abs().flatten(1).amax(1) / 127)
+    assert torch.equal(layer.dequantized_weight(), q8.float() * layer.requant_scale.view(-1, 1, 1, 1))
+    # int8 requantization adds little to int4's own error, and static activations need ranges.
+    assert set(activation_ranges(q)["mid_block.resnets.0.conv1"]) == {"input_amax", "output_amax"}
+    assert float((layer.dequantized_weight() - dq4).abs().max()) <= float(layer.requant_scale.max()) / 2 * 1.0001
+
+
+def test_int8_attention_is_simulated_and_its_ranges_round_trip(unet, batches):
+    """Every attention of the tiny UNet (4 blocks x self + cross) gets int8 Q·Kᵀ and P·V; the
+    observed q/k/v ranges go into the ranges file and reproduce the model exactly; the cost over
+    w8a8 is measured, not assumed (tiny UNet: SQNR printed)."""
+    ref = _run(unet, batches)
+    scheme = scheme_for("onnxruntime", 8, int8_attention=True, weight_range="full")
+    q, report = _calibrated(unet, scheme, batches)
+    attentions = quant_attentions(q)
+    assert len(attentions) == len(report.attention) == 8 and all(isinstance(a, QuantAttention) for a in attentions.values())
+    ranges = activation_ranges(q)
+    assert len(ranges) == LINEAR + CONV + 8
+    assert all(set(ranges[name]) == {"q_amax", "k_amax", "v_amax"} and min(ranges[name].values()) > 0 for name in attentions)
+    fresh = copy.deepcopy(unet)
+    quantize_model(fresh, scheme)
+    set_activation_ranges(fresh, ranges)
+    assert torch.equal(_run(fresh, batches), _run(q, batches))
+    # The attention quantizers move the output (they are not a no-op) but cost little on top of w8a8.
+    plain, _ = _calibrated(unet, scheme_for("onnxruntime", 8, weight_range="full"), batches)
+    sqnr_attn, sqnr_plain = _sqnr(ref, _run(q, batches)), _sqnr(ref, _run(plain, batches))
+    print(f"tiny UNet SQNR vs float: w8a8 {sqnr_plain:.1f} dB, w8a8 + int8 attention {sqnr_attn:.1f} dB")
+    assert not torch.equal(_run(q, batches), _run(plain, batches)) and sqnr_attn > sqnr_plain - 6
+    # A w8a8 file with attention ranges also serves a scheme without int8 attention.
+    set_activation_ranges(plain, ranges)
+    with pytest.raises(QSchedError, match="has no calibrated q_amax"):
+        set_activation_ranges(fresh, {**ranges, next(iter(attentions)): {"k_amax": 1.0, "v_amax": 1.0}})

@@ -57,4 +57,38 @@ def test_default_opsets():
 
     # w4a16 has static int8 activations (its Conv) but needs 21 for its INT4 blocks.
     assert {name: default_opset(s) for name, s in SCHEMES.items() if s.exportable} == {
-        "fp32": 21, "fp16": 21, "w8a8": 20, "w4a8": 21, "w8a16": 21, "w4a16": 21}
+        "fp32": 21, "fp16": 21, "w8a8": 20, "w4a8": 21, "w4a8s": 20, "w8a16": 21, "w4a16": 21}
+
+
+def test_ir_lint_skip_is_scoped_and_changes_no_byte(tmp_path, monkeypatch):
+    """The export skips the TorchScript IR lint only inside the call, only on the measured torch
+    releases, never with QSCHED_EXPORT_JIT_LINT=1; with and without it the ONNX is byte-identical."""
+    import torch
+
+    from qsched_export.export import onnx_io
+    from qsched_export.export.qdq import swap_for_export
+    from qsched_export.quant import get_scheme, observe_ranges, quantize_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 4, 6, 6)
+    quantize_model(net, get_scheme("w8a8"))
+    with observe_ranges(net), torch.no_grad():
+        net(x)
+    swap_for_export(net, "qdq")
+    original = torch._C._jit_pass_lint
+    calls = []
+    monkeypatch.setattr(torch._C, "_jit_pass_lint", lambda graph: calls.append(1) or original(graph))
+    monkeypatch.setenv(onnx_io.LINT_ENV, "1")
+    linted = onnx_io.export_module(net, (x,), tmp_path / "a.onnx", ["x"], ["y"], 20)
+    assert calls, "with QSCHED_EXPORT_JIT_LINT=1 the exporter lints"
+    monkeypatch.delenv(onnx_io.LINT_ENV)
+    calls.clear()
+    before = torch._C._jit_pass_lint
+    skipped = onnx_io.export_module(net, (x,), tmp_path / "b.onnx", ["x"], ["y"], 20)
+    assert (not calls) is onnx_io.lint_skipped()  # torch 2.4-2.14: skipped
+    assert torch._C._jit_pass_lint is before  # restored after the call
+    assert linted.SerializeToString() == skipped.SerializeToString()
+    # Outside the range where skipping was measured, the exporter lints as torch does.
+    monkeypatch.setattr(onnx_io, "LINT_SKIP_TORCH", ((1, 0), (1, 13)))
+    assert not onnx_io.lint_skipped()

@@ -154,3 +154,63 @@ def test_scale_behind_identity_is_a_constant():
     assert check_model(model) == []
     node(model, "alias").op_type = "Relu"  # not constant-folded by our rule: named
     assert ("r_quant", "scale") in _found(model)
+
+
+def test_output_quantizer_before_a_float_op_breaks_the_placement():
+    """ONNX Runtime's placement (a quantized Conv output feeding GroupNorm-like float ops) is the
+    wrong graph for TensorRT; a Q/DQ on a residual Add input is TensorRT's own recommendation."""
+    model = int8_matmul_conv()
+    assert check_model(model) == []  # Q/DQ -> Reshape -> MatMul: through a shape-only op
+    model.graph.node.append(helper.make_node("Softmax", ["r_dq"], ["s"], name="softmax"))
+    found = [v for v in check_model(model) if v.rule == "placement"]
+    assert [v.node for v in found] == ["r_dequant"] and "feeds Softmax" in found[0].message
+    consumer = node(model, "softmax")
+    consumer.op_type = "Add"
+    consumer.input.append("r_dq")
+    assert check_model(model) == []
+
+
+def test_int4_feeds_dequantize_linear_only():
+    model = int4_block_matmul()
+    model.graph.node.append(helper.make_node("Cast", ["w_q"], ["w_f"], name="cast", to=TensorProto.FLOAT))
+    assert ("cast", "int4-consumer") in _found(model)
+
+
+def test_many_violations_are_listed_one_per_line(tmp_path):
+    """Issue 14: first few violations one per line and a count, not one 1,500-character line."""
+    model = int8_matmul_conv()
+    for i in range(12):
+        model.graph.node.append(helper.make_node("Softmax", ["x_dq"], [f"s{i}"], name=f"softmax{i}"))
+        model.graph.node.append(helper.make_node("MatMulInteger", ["y", "y"], [f"z{i}"], name=f"mmi{i}"))
+    path = tmp_path / "denoise.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ContractError) as info:
+        require_contract([path])
+    lines = info.value.problem.splitlines()
+    assert lines[0].startswith("denoise.onnx breaks TensorRT's contract in 13 place(s) (rules: placement, unsupported-op):")
+    assert len(lines) == 1 + ContractError.SHOWN + 1 and lines[-1] == "  ... and 8 more"
+    assert all(len(line) < 400 for line in lines)
+
+
+@pytest.mark.parametrize("placement,clean", [("tensorrt", True), ("onnxruntime", False)])
+def test_exported_layer_forms_against_the_contract(placement, clean, tmp_path):
+    """The exporter's TensorRT placement passes; ONNX Runtime's (int32 bias, output Q/DQ) does not."""
+    import torch
+
+    from qsched_export.export import onnx_io
+    from qsched_export.export.qdq import swap_for_export
+    from qsched_export.quant import get_scheme, observe_ranges, quantize_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.Conv2d(8, 8, 3, padding=1))
+    x = torch.randn(1, 8, 6, 6)
+    scheme = get_scheme("w8a8").with_placement(placement)
+    quantize_model(net, scheme)
+    with observe_ranges(net), torch.no_grad():
+        net(x)
+    swap_for_export(net, scheme.target_form)
+    model = onnx_io.export_module(net, (x,), tmp_path / "m.onnx", ["x"], ["y"], 20)
+    rules = {v.rule for v in check_model(model)}
+    assert (rules == set()) is clean, rules
+    if not clean:
+        assert {"placement", "quant-dtype"} <= rules  # output Q/DQ before GroupNorm; the int32 bias DQ

@@ -1,0 +1,113 @@
+"""The new int8 forms through the real exporter on the tiny TCD pipeline: int8 attention,
+w4a8s (int4 stored, int8 kernels) and TensorRT's placement, each against its own fake-quant
+reference with the parity gate `check` uses, and the kernels ONNX Runtime fuses them into."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from export_cases import FAMILIES, QUANT_FAMILY, STEPS
+
+from runtimes.manifest import load_manifest
+from runtimes.parity import compare_outputs
+
+
+@pytest.fixture(scope="module")
+def ranged(tiny_model_factory, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny TCD pipeline and a qsched.json whose w8a8 and w4a8s entries hold ranges observed
+    with int8 attention (so they include the q/k/v ranges; the other schemes ignore those)."""
+    from qsched_export.qsched_file import read_qsched, write_qsched
+    from qsched_export.quant import scheme_for
+    from qsched_export.sampler import QSchedCoefficients
+    from qsched_export.testing import write_observed_qsched
+
+    backbone, components, gamma, guidance = FAMILIES[QUANT_FAMILY]
+    model = tiny_model_factory(backbone, **components)
+    path = write_observed_qsched(model, tmp_path_factory.mktemp("q-int8") / "qsched.json", (scheme_for("onnxruntime", 8, int8_attention=True),),
+                                 steps=STEPS, guidance=guidance, gamma=gamma, seed=1, prompts=("a red circle", "two blue squares"),
+                                 coefficients=QSchedCoefficients.ramp((0.95, 1.0), (1.05, 1.0), STEPS))
+    qfile = read_qsched(path)
+    write_qsched(path, replace(qfile, schemes={name: qfile.schemes["w8a8"] for name in ("w8a8", "w4a8s")}))
+    return model, path
+
+
+def _export(ranged, scheme, tmp_path) -> Path:
+    from qsched_export.export import ExportConfig, export_artifact
+
+    model, qsched = ranged
+    return export_artifact(ExportConfig(out=tmp_path / "artifact", model=str(model), scheme=scheme, coeffs=qsched, steps=STEPS,
+                                        gamma=FAMILIES[QUANT_FAMILY][2]))
+
+
+def _run(folder: Path, tmp_path: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    golden = dict(np.load(folder / "golden.npz"))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(folder / "denoise.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, {i.name: golden[i.name] for i in session.get_inputs()})))
+    ops: dict[str, int] = {}
+    for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return outputs, ops
+
+
+def _gate(folder: Path, outputs: dict[str, np.ndarray], form: str):
+    golden = dict(np.load(folder / "golden.npz"))
+    return [c for c in compare_outputs({"first_latents": outputs["first_latents"]}, golden, form)]
+
+
+def test_int8_attention_exports_and_fuses(ranged, tmp_path):
+    from qsched_export.quant import scheme_for
+
+    scheme = scheme_for("onnxruntime", 8, int8_attention=True, weight_range="7bit")
+    folder = _export(ranged, scheme, tmp_path)
+    manifest = load_manifest(folder)
+    assert manifest.scheme["int8_attention"] is True and len(manifest.quantization["int8_attention"]) == 8
+    outputs, ops = _run(folder, tmp_path)
+    # Every product runs in int8: the 8 attentions' q·kᵀ and p·v per step, and every Linear (2-D
+    # ones too), as MatMulIntegerToFloat, or QLinearMatMul where a quantizer follows (ORT moves a
+    # QuantizeLinear up through Reshape/Transpose: to_k/to_v feed the attention's k/v quantizers).
+    # time_emb_proj's input is a constant (the baked timestep's embedding; ORT folds its
+    # quantizer into an int8 initializer), so it stays a small MatMul of two constants.
+    linears = [name for name in manifest.quantization["quantized"] if "conv" not in name and "proj_in" not in name and "proj_out" not in name]
+    time_emb = [name for name in linears if name.endswith("time_emb_proj")]
+    assert not {"FusedMatMul", "Gemm"} & set(ops) and ops.get("MatMul", 0) == len(time_emb) * STEPS, ops
+    assert ops.get("MatMulIntegerToFloat", 0) + ops.get("QLinearMatMul", 0) == (8 * 2 + len(linears) - len(time_emb)) * STEPS, ops
+    comparisons = _gate(folder, outputs, "qdq")
+    assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
+
+
+def test_w4a8s_exports_int4_and_runs_int8(ranged, tmp_path):
+    from qsched_export.quant import scheme_for
+
+    scheme = scheme_for("onnxruntime", 4, scheme="w4a8s", weight_range="7bit")
+    folder = _export(ranged, scheme, tmp_path)
+    model = onnx.load(str(folder / "denoise.onnx"))
+    packed = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8]  # int4 nibbles, one buffer per layer
+    assert len(packed) == len(load_manifest(folder).quantization["quantized"]) > 0 and model.opset_import[0].version == 20
+    outputs, ops = _run(folder, tmp_path)
+    assert ops.get("QLinearConv") and ops.get("MatMulIntegerToFloat") and not {"Round", "Clip", "BitShift"} & set(ops), ops
+    comparisons = _gate(folder, outputs, "qdq")
+    assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
+
+
+def test_tensorrt_placement_passes_the_contract(ranged, tmp_path):
+    """What `bundle --target tensorrt` gets: inputs-only Q/DQ, float bias, full-range weights; the
+    contract checker accepts it, and ONNX Runtime runs it as the fake-quant computes it."""
+    from qsched_export.quant import scheme_for
+    from qsched_export.targets.tensorrt_contract import check_model
+
+    scheme = scheme_for("tensorrt", 8)
+    folder = _export(ranged, scheme, tmp_path)
+    assert check_model(folder / "denoise.onnx") == []
+    outputs, _ = _run(folder, tmp_path)
+    comparisons = _gate(folder, outputs, "qdq")
+    assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
