@@ -54,7 +54,7 @@ def main() -> None:
     """The console script: start-up, then the app with click's error printing replaced by one line."""
     start_cli()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="qsched-export")  # the documented name, however it was started
     except _NO_ARGS as exc:
         print(exc.format_message(), file=sys.stderr)
         code = EXIT_USAGE
@@ -64,6 +64,6 @@ def main() -> None:
     except _click_errors.ClickException as exc:
         print_error(exc.format_message())
         code = exc.exit_code
-    except _click_errors.Abort:  # end of input at a prompt
+    except typer.Abort:  # end of input at a prompt
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
