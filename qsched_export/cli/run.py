@@ -26,7 +26,7 @@ def run(
     from runtimes.pipeline import Text2ImagePipeline, to_uint8
 
     with user_errors():
-        # Everything a user can get wrong is refused before the artifact is loaded.
+        # The flags and the output path are judged before the artifact is loaded.
         if not prompt.strip():
             raise UserError("empty prompt", "pass a non-empty --prompt")
         if seed < 0:
@@ -49,7 +49,7 @@ def _warn_if_cut(pipe, prompt: str) -> None:
     room = pipe.manifest.tokenizer.max_length - 2
     if tokens > room:
         err_console.print(f"[yellow]warning:[/] the prompt is {tokens} tokens; the text encoder reads the first {room}, the rest is dropped",
-                          highlight=False, soft_wrap=True)
+                          highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -152,7 +152,8 @@ CASES = [
     Case("bundle: --out a regular file --overwrite", ("bundle", "--from", "{exported}", "--bits", "32", "--out", "{work}/user.txt", "--overwrite"),
          1, "regular file"),
     # check
-    Case("check: parity fails", ("check", "--artifact", "{bad}"), 1, "parity failed", damage="golden negated", forbid=None),
+    Case("check: parity fails", ("check", "--artifact", "{bad}"), 1, "parity failed", damage="golden negated", forbid=None,
+         writes=("bad/parity.json",)),
     Case("check: tampered file", ("check", "--artifact", "{bad}"), 1, "sha256 mismatch: golden.npz", damage="tampered"),
     Case("check: binary manifest", ("check", "--artifact", "{bad}"), 1, "not utf-8 text", damage="binary manifest"),
     Case("check: files null", ("check", "--artifact", "{bad}"), 1, "'files' must map each path to its sha256", damage="files null"),
@@ -274,3 +275,13 @@ def test_case(case: Case, cli, shared, tmp_path):
 def test_the_matrix_covers_every_command():
     commands = {case.argv[0] for case in CASES}
     assert commands == {"info", "generate", "calibrate", "export", "build", "bundle", "check", "run"} and len(CASES) >= 40
+
+
+def test_run_writes_the_format_its_suffix_names(cli, shared, tmp_path):
+    from PIL import features
+
+    formats = [("x.jpg", b"\xff\xd8\xff"), ("x.png", b"\x89PNG")] + ([("x.webp", b"RIFF")] if features.check("webp") else [])
+    for name, magic in formats:
+        result = cli("run", "--artifact", shared / "good", "--prompt", "a red circle", "--out", tmp_path / name, cwd=tmp_path)
+        assert result.exit == 0, result.stderr
+        assert (tmp_path / name).read_bytes().startswith(magic), f"{name} does not hold what its suffix names"
