@@ -13,9 +13,10 @@
 
 What is refused (one-line `OutputError`, never a silent replace): a symlink (it is not followed and
 replaced), an existing path of the wrong kind (device node, FIFO, socket, a folder where a file
-goes, a file where a folder goes), a path under a regular file, an unwritable place, a path inside
-an artifact folder (one whose `manifest.json` qsched-export wrote), and `--overwrite` of anything but an artifact
-folder or an empty folder, or of the working folder or an ancestor of it.
+goes, a file where a folder goes), a path under a regular file, an unwritable place, a user's
+output inside an artifact folder (one whose `manifest.json` qsched-export wrote) or a write over
+an artifact's own files by anyone but the manifest writer, and `--overwrite` of anything but an
+artifact folder or an empty folder, or of the working folder or an ancestor of it.
 
 Temp and trash names are `.<name>.qsched-tmp-<pid>-<hex>` and `.<name>.qsched-old-<pid>-<hex>`.
 The owner holds an exclusive `flock` on each while it lives; `clean_stale` touches only names of
@@ -395,18 +396,17 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     Put the checks that decide whether the result may replace `out` (parity) inside the block.
     `out` is checked first with `check_output_folder(out, overwrite)`, and again just before the
     swap. Raises `OutputError` for an output that cannot be written safely."""
-    out = check_output_folder(out, overwrite)
+    out = check_output_folder(out, overwrite)  # also clears what killed runs left beside it
     parent = out.parent
     _make_folder(parent)
-    clean_stale(parent)
     existed = _lstat(out) is not None
-    swapped = False
     with _owned_dir(parent, out.name, "tmp") as (staging, _fd):
         try:
             yield staging
             os.chmod(staging, 0o755)  # created private; an artifact is meant to be copied and shared
-            swapped = _swap(staging, out, overwrite)
+            _swap(staging, out, overwrite)
         except BaseException as exc:
+            swapped = _lstat(staging) is None  # an interrupt can land after the swap, while the old copy is removed
             shutil.rmtree(staging, ignore_errors=True)
             note_outcome(exc, f"{out} is complete" if swapped else (f"the previous {out} is unchanged" if existed else f"{out} was not created"))
             if isinstance(exc, OSError) and (error := _place_error(exc, out)) is not None:
@@ -414,13 +414,13 @@ def staged_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
             raise
 
 
-def _swap(staging: Path, out: Path, overwrite: bool) -> bool:
+def _swap(staging: Path, out: Path, overwrite: bool) -> None:
     """Put `staging` at `out`. An old `out` is renamed to a trash name first (its lock travels with
     it) and removed after; a kill between the two renames leaves it for `clean_stale` to put back."""
     check_output_folder(out, overwrite)
     if _lstat(out) is None:
         os.rename(staging, out)
-        return True
+        return
     trash = out.parent / _owned_name(out.name, "old")
     fd = os.open(out, os.O_RDONLY)
     try:
@@ -431,4 +431,3 @@ def _swap(staging: Path, out: Path, overwrite: bool) -> bool:
         shutil.rmtree(trash, ignore_errors=True)
     finally:
         os.close(fd)
-    return True

@@ -133,6 +133,24 @@ def test_staged_dir_says_what_an_interrupt_kept(tmp_path):
     assert outcomes(info.value) == [f"{tmp_path / 'new'} was not created"]
 
 
+def test_an_interrupt_after_the_swap_says_the_new_output_is_complete(tmp_path, monkeypatch):
+    import runtimes.files as files
+
+    out = _artifact(tmp_path / "out")
+    real_rmtree = files.shutil.rmtree
+
+    def interrupted_on_the_old_copy(path, *args, **kwargs):
+        if ".qsched-old-" in str(path):
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", interrupted_on_the_old_copy)
+    with pytest.raises(KeyboardInterrupt) as info:
+        with staged_dir(out, overwrite=True) as staging:
+            (staging / "new.onnx").write_text("new")
+    assert outcomes(info.value) == [f"{out} is complete"] and _names(out) == ["new.onnx"]
+
+
 @pytest.mark.parametrize("setup,overwrite,message", [
     (lambda out: out.mkdir(), False, "already exists"),
     (lambda out: out.write_text("mine"), True, "exists and is a regular file"),
