@@ -24,10 +24,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _tiny_assets(folder: Path) -> tuple[str, str]:
-    sys.path.insert(0, str(REPO / "tests"))
-    sys.path.insert(0, str(REPO / "tests" / "calibration"))
-    from tiny_judge import save_tiny_clip
-    from tiny_models import save_tiny_sd
+    from qsched_export.testing import save_tiny_clip, save_tiny_sd
 
     return str(save_tiny_sd(folder / "sd")), str(save_tiny_clip(folder / "judge"))
 
@@ -103,9 +100,9 @@ def main() -> None:
     session = open_session(model, judge, args.prompts, Path(tmp.name), schemes=(args.scheme,), steps=args.steps, space=SearchSpace(args.grid),
                            guidance=args.guidance, device=args.device, batch_size=args.batch_size)
     prompts = session.prompts
-    unet, report = session.simulated_unet(args.scheme)
+    unet, report = session.simulated_model(args.scheme)
     ones = QSchedCoefficients.ones(session.plan.num_steps)
-    fp32 = float(session.evaluator(session.pipe.unet).evaluate([ones])["jaq"][0])
+    fp32 = float(session.evaluator(session.backbone.model).evaluate([ones])["jaq"][0])
     points = [coefficients(pt, session.plan.num_steps) for pt in session.config.space.points()]
 
     batched = session.evaluator(unet)

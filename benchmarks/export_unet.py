@@ -39,7 +39,7 @@ def build_sd15_pipeline(folder: Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import write_clip_tokenizer  # the character-level CLIP tokenizer built in code
+    from qsched_export.testing import write_clip_tokenizer  # the character-level CLIP tokenizer built in code
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,

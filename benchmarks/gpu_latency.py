@@ -42,18 +42,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.append(str(REPO / "tests"))  # last: for tiny_models; its folders bear the packages' names
 
 from benchmarks.calibration_speed import describe_device, open_session, timed  # noqa: E402
 from benchmarks.export_unet import build_sd15_pipeline  # noqa: E402
-from calibration.api import SAMPLE_JUDGE, HalfPrecisionUNet  # noqa: E402
+from calibration.api import SAMPLE_JUDGE  # noqa: E402
 from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
-from qsched_export.pipeline import (SAMPLE_MODEL, Conditioning, UNetDenoiser, decode_latents, denoise_fn, draw_noise,  # noqa: E402
-                                    encode_prompts, latent_shape, load_pipeline)
+from qsched_export.backbones import Backbone, Conditioning, HalfPrecision  # noqa: E402
+from qsched_export.pipeline import SAMPLE_MODEL, denoise_fn, draw_noise, open_backbone  # noqa: E402
 from qsched_export.qsched_file import read_qsched  # noqa: E402
-from qsched_export.sampler import QSchedCoefficients, SamplerPlan, make_plan, sample_loop  # noqa: E402
+from qsched_export.sampler import QSchedCoefficients, SamplerPlan, sample_loop  # noqa: E402
 from runtimes.files import atomic_file  # noqa: E402
-from tiny_models import save_tiny_sd  # noqa: E402
+from qsched_export.testing import save_tiny_sd  # noqa: E402
 
 STEPS = 4
 GUIDANCE = 1.5
@@ -137,28 +136,27 @@ def describe_model(module: torch.nn.Module) -> str:
     return f"{type(module).__name__} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)"
 
 
-def image_size(pipe) -> tuple[int, int]:
-    _, _, h, w = latent_shape(pipe, 1, None, None)
-    return h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
+def image_size(backbone: Backbone) -> tuple[int, int]:
+    return backbone.height, backbone.width
 
 
-def denoiser_for(pipe, dtype: str) -> UNetDenoiser:
+def denoiser_for(backbone: Backbone, dtype: str) -> torch.nn.Module:
     """The CFG denoiser in `dtype`. fp16 casts the text encoder and VAE to half and runs the UNet as
-    the package's fp16 scheme does (half inside, float32 in and out, sampler math in float32)."""
+    the package's fp16 scheme does (`HalfPrecision`: half inside, float32 in and out, sampler math in float32)."""
     if dtype == "fp32":
-        return UNetDenoiser(pipe.unet, GUIDANCE)
-    pipe.text_encoder.half()
-    pipe.vae.half()
-    return UNetDenoiser(HalfPrecisionUNet(pipe.unet), GUIDANCE)
+        return backbone.denoiser()
+    backbone.pipe.text_encoder.half()
+    backbone.pipe.vae.half()
+    return backbone.denoiser(HalfPrecision(backbone.pipe.unet))
 
 
-def noise(pipe, plan: SamplerPlan, batch: int, device: str) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+def noise(backbone: Backbone, plan: SamplerPlan, batch: int, device: str) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """The seeded noise, drawn once outside the timing (as the package draws it: on the CPU)."""
-    latents, noises = draw_noise(plan, latent_shape(pipe, batch, None, None), torch.Generator().manual_seed(0))
+    latents, noises = draw_noise(plan, backbone.latent_shape(batch), torch.Generator().manual_seed(0))
     return latents.to(device), [None if n is None else n.to(device) for n in noises]
 
 
-def sample(denoiser: UNetDenoiser, cond: Conditioning, plan: SamplerPlan, latents: torch.Tensor, noises: list,
+def sample(denoiser: torch.nn.Module, cond: Conditioning, plan: SamplerPlan, latents: torch.Tensor, noises: list,
            coeffs: QSchedCoefficients) -> torch.Tensor:
     return sample_loop(denoise_fn(denoiser, cond), plan, latents, noises, coeffs.latent_coeff, coeffs.output_coeff)
 
@@ -166,20 +164,21 @@ def sample(denoiser: UNetDenoiser, cond: Conditioning, plan: SamplerPlan, latent
 @torch.no_grad()
 def sample_rows(rec: Recorder, coeffs: QSchedCoefficients) -> None:
     """Part 1: the embedded sample end to end, as qsched_export.pipeline.generate does it, on the device."""
-    pipe = load_pipeline(None).to(rec.device)
-    plan = make_plan(pipe.scheduler, STEPS)
-    model = f"samples/shapes-sd, {describe_model(pipe.unet)}"
+    backbone = open_backbone(None, guidance=GUIDANCE)
+    backbone.pipe.to(rec.device)
+    plan = backbone.plan(STEPS)
+    model = f"samples/shapes-sd, {describe_model(backbone.pipe.unet)}"
     for dtype in ("fp32", "fp16"):
-        denoiser = denoiser_for(pipe, dtype)
+        denoiser = denoiser_for(backbone, dtype)
         for batch in rec.sizes.sample_batches:
-            latents, noises = noise(pipe, plan, batch, rec.device)
+            latents, noises = noise(backbone, plan, batch, rec.device)
             prompts = [PROMPT] * batch
 
             def generate() -> torch.Tensor:
-                final = sample(denoiser, encode_prompts(pipe, prompts, GUIDANCE, device=rec.device), plan, latents, noises, coeffs)
-                return decode_latents(pipe, final.to(pipe.vae.dtype))
+                final = sample(denoiser, backbone.encode(prompts, rec.device), plan, latents, noises, coeffs)
+                return backbone.decode(final.to(backbone.pipe.vae.dtype))
 
-            rec.time(1, model, f"text encoder + {STEPS} steps (CFG) + VAE decode", dtype, batch, image_size(pipe), generate)
+            rec.time(1, model, f"text encoder + {STEPS} steps (CFG) + VAE decode", dtype, batch, image_size(backbone), generate)
 
 
 def build_model(folder: Path, sizes: Sizes) -> Path:
@@ -199,17 +198,18 @@ def build_model(folder: Path, sizes: Sizes) -> Path:
 @torch.no_grad()
 def unet_rows(rec: Recorder, folder: Path, coeffs: QSchedCoefficients) -> None:
     """Part 2: one denoiser call, the sample loop and the VAE decode of the part 2/3 model, one image."""
-    pipe = load_pipeline(str(folder)).to(rec.device)
-    plan = make_plan(pipe.scheduler, STEPS)
-    latents, noises = noise(pipe, plan, 1, rec.device)
-    unet, vae, image = describe_model(pipe.unet), describe_model(pipe.vae), image_size(pipe)
+    backbone = open_backbone(str(folder), guidance=GUIDANCE)
+    backbone.pipe.to(rec.device)
+    plan = backbone.plan(STEPS)
+    latents, noises = noise(backbone, plan, 1, rec.device)
+    unet, vae, image = describe_model(backbone.pipe.unet), describe_model(backbone.pipe.vae), image_size(backbone)
     for dtype in ("fp32", "fp16"):
-        denoiser = denoiser_for(pipe, dtype)
-        cond = encode_prompts(pipe, [PROMPT], GUIDANCE, device=rec.device)
+        denoiser = denoiser_for(backbone, dtype)
+        cond = backbone.encode([PROMPT], rec.device)
         call = denoise_fn(denoiser, cond)
         rec.time(2, unet, "denoiser call (UNet batch 2, CFG)", dtype, 1, image, lambda: call(latents, plan.timesteps[0], 0))
         rec.time(2, unet, f"{STEPS}-step loop (CFG), no decode", dtype, 1, image, lambda: sample(denoiser, cond, plan, latents, noises, coeffs))
-        rec.time(2, vae, "VAE decode", dtype, 1, image, lambda: decode_latents(pipe, latents.to(pipe.vae.dtype)))
+        rec.time(2, vae, "VAE decode", dtype, 1, image, lambda: backbone.decode(latents.to(backbone.pipe.vae.dtype)))
 
 
 def search_evaluations(plan: SamplerPlan) -> int:
@@ -235,9 +235,9 @@ def calibration_rows(device: str, sizes: Sizes, folder: Path, work: Path) -> lis
                            device=device, batch_size=sizes.calib_batch)
     candidates = [coefficients(p, session.plan.num_steps) for p in session.config.space.points()]
     evaluations = search_evaluations(session.plan)
-    model = f"{describe_model(session.pipe.unet)} + {describe_model(session.pipe.vae)}"
+    model = f"{describe_model(session.backbone.model)} + {describe_model(session.backbone.pipe.vae)}"
     rows = []
-    for unet_name, make_unet in (("fp32", lambda: session.pipe.unet), ("w8a8 fake-quant (simulation)", lambda: session.simulated_unet("w8a8")[0])):
+    for unet_name, make_unet in (("fp32", lambda: session.backbone.model), ("w8a8 fake-quant (simulation)", lambda: session.simulated_model("w8a8")[0])):
         reset_peak(device)
         # What a search pays once per scheme: the fake-quant copy with its observed activation ranges,
         # and the evaluator's first step (coefficient-independent, run once).

@@ -25,7 +25,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,9 @@ from calibration.jaq import JAQ  # noqa: E402
 from calibration.judges import ANTONYMS, load_clip  # noqa: E402
 from benchmarks.image_grid import save_image_grid  # noqa: E402
 from calibration.search import SearchSpace, coefficients, grid_search  # noqa: E402
-from calibration.smoothquant import DEFAULT_ALPHA, applies_to, smoothquant_unet  # noqa: E402
-from qsched_export.pipeline import UNetDenoiser, decode_latents, denoise_fn, draw_noise, encode_prompts, latent_shape  # noqa: E402
-from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop  # noqa: E402
+from calibration.smoothquant import DEFAULT_ALPHA, applies_to, smoothquant_model  # noqa: E402
+from qsched_export.pipeline import denoise_fn, draw_noise  # noqa: E402
+from qsched_export.sampler import QSchedCoefficients, sample_loop  # noqa: E402
 from samples.train import scenes  # noqa: E402
 
 EVAL_JUDGE = REPO / "samples" / "judges" / "shapes-clip-b"
@@ -59,25 +58,26 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Sampler:
-    """Samples the held-out prompts in batches with a given UNet, guidance, coefficients and seed."""
+    """Samples the held-out prompts in batches with a given model (float or fake-quant), guidance,
+    coefficients and seed, through the calibration session's backbone."""
 
-    def __init__(self, pipe, prompts: list[str], device: torch.device, batch: int):
-        self.pipe, self.prompts, self.device, self.batch = pipe, prompts, device, batch
+    def __init__(self, backbone, prompts: list[str], device: torch.device, batch: int):
+        self.backbone, self.prompts, self.device, self.batch = backbone, prompts, device, batch
 
     @torch.no_grad()
-    def images(self, unet, steps: int, guidance: float, coeffs: QSchedCoefficients | None, seed: int) -> torch.Tensor:
-        plan = make_plan(self.pipe.scheduler, steps)
-        latents, noises = draw_noise(plan, latent_shape(self.pipe, len(self.prompts), None, None), torch.Generator().manual_seed(seed))
-        denoiser = UNetDenoiser(unet, guidance)
+    def images(self, model, steps: int, guidance: float, coeffs: QSchedCoefficients | None, seed: int) -> torch.Tensor:
+        backbone = self.backbone.with_settings(guidance_scale=guidance)
+        plan = backbone.plan(steps)
+        latents, noises = draw_noise(plan, backbone.latent_shape(len(self.prompts)), torch.Generator().manual_seed(seed))
+        denoiser = backbone.denoiser(model).to(self.device)
         out = []
         for start in range(0, len(self.prompts), self.batch):
             sl = slice(start, start + self.batch)
-            cond = encode_prompts(self.pipe, self.prompts[sl], guidance)
-            cond = replace(cond, context=cond.context.to(self.device))
+            cond = backbone.encode(self.prompts[sl], self.device)
             x = sample_loop(denoise_fn(denoiser, cond), plan, latents[sl].to(self.device),
                             [None if n is None else n[sl].to(self.device) for n in noises],
                             None if coeffs is None else coeffs.latent_coeff, None if coeffs is None else coeffs.output_coeff)
-            out.append(decode_latents(self.pipe, x).float().cpu())
+            out.append(backbone.decode(x).float().cpu())
         return torch.cat(out)
 
 
@@ -122,6 +122,7 @@ def mean_ci(values: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", help="a shapes-trained diffusers folder (default: samples/shapes-sd; samples/shapes-flux for the flow-matching rows)")
     p.add_argument("--prompts", type=int, default=1024, help="held-out prompts per configuration")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, nargs="+", default=[4, 8])
@@ -199,18 +200,18 @@ def main() -> None:
 
     space = SearchSpace(grid=args.grid, latent_range=tuple(args.range), output_range=tuple(args.range))
     for steps in args.steps:
-        config = CalibrationConfig(schemes=tuple(args.schemes), steps=steps, guidance=args.guidance, device=args.device, progress=False,
+        config = CalibrationConfig(model=args.model, schemes=tuple(args.schemes), steps=steps, guidance=args.guidance, device=args.device, progress=False,
                                    batch_size=args.calib_batch)
         session = prepare(config)
-        sampler = Sampler(session.pipe, prompts, device, args.batch)
-        fp32_unet = session.pipe.unet
+        sampler = Sampler(session.backbone, prompts, device, args.batch)
+        fp32_unet = session.backbone.model
         t0 = time.perf_counter()
         fp32_search = grid_search(session.evaluator(fp32_unet), space, progress=False)
         fp32_qs = coefficients(fp32_search.best, steps)
         record("fp32", steps, args.guidance, fp32_unet, None)
         record("fp32+qsched", steps, args.guidance, fp32_unet, fp32_qs, calibration_seconds=time.perf_counter() - t0)
         for i, scheme in enumerate(args.schemes):
-            unet, _ = session.simulated_unet(scheme)
+            unet, _ = session.simulated_model(scheme)
             record(f"{scheme}", steps, args.guidance, unet, None)
             qs = record_qsched(f"{scheme}+qsched", session, unet, 2.0)
             for k in (args.k_ablation if i == 0 and steps == args.steps[0] else []):
@@ -218,7 +219,7 @@ def main() -> None:
             if args.grid_png and steps == args.steps[0] and i == len(args.schemes) - 1:
                 save_grid(sampler, fp32_unet, unet, scheme, qs, steps, args.guidance, args.grid_png)
             if scheme in smoothed:
-                sq_unet, _ = smoothquant_unet(session, scheme, args.smoothquant_alpha)
+                sq_unet, _ = smoothquant_model(session, scheme, args.smoothquant_alpha)
                 record(f"{scheme} smoothquant", steps, args.guidance, sq_unet, None, alpha=args.smoothquant_alpha)
                 record_qsched(f"{scheme} smoothquant+qsched", session, sq_unet, 2.0, alpha=args.smoothquant_alpha)
         if steps == args.steps[0]:
@@ -253,7 +254,7 @@ def _previous_runs(args) -> dict:
 
 
 def save_grid(sampler, fp32_unet, quant_unet, scheme, qs, steps, guidance, path: Path, n: int = 8) -> None:
-    sub = Sampler(sampler.pipe, sampler.prompts[:n], sampler.device, n)
+    sub = Sampler(sampler.backbone, sampler.prompts[:n], sampler.device, n)
     rows = {"FP32": sub.images(fp32_unet, steps, guidance, None, 0), scheme.upper(): sub.images(quant_unet, steps, guidance, None, 0),
             f"{scheme.upper()} + Q-Sched": sub.images(quant_unet, steps, guidance, qs, 0)}
     save_image_grid(rows, sub.prompts, f"held-out prompts, {steps} steps, guidance {guidance}", path)

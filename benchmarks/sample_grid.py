@@ -11,7 +11,6 @@ and CPU seconds per image (batch of the grid's prompts, this machine).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -24,9 +23,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.image_grid import save_image_grid  # noqa: E402
 from calibration.judges import load_clip  # noqa: E402
-from qsched_export.pipeline import default_guidance, generate, load_pipeline  # noqa: E402
+from qsched_export.pipeline import generate, open_backbone  # noqa: E402
 from qsched_export.qsched_file import read_qsched  # noqa: E402
-from qsched_export.quant import quantize_model, set_activation_ranges  # noqa: E402
+from qsched_export.quant import set_activation_ranges  # noqa: E402
 from qsched_export.sampler import QSchedCoefficients  # noqa: E402
 from samples.train import scenes  # noqa: E402
 
@@ -41,16 +40,15 @@ def main() -> None:
     p.add_argument("--json", type=Path, required=True)
     args = p.parse_args()
 
-    pipe = load_pipeline(None)
+    backbone = open_backbone(None)
     qfile = read_qsched(QSCHED)
-    guidance = default_guidance(None)
+    guidance = backbone.guidance.scale
     specs = scenes.heldout_specs(args.prompts, seed=3)
     prompts = [scenes.caption(s) for s in specs]
-    fp32_unet = pipe.unet
+    fp32_unet = backbone.pipe.unet
     unets = {"FP32": fp32_unet}
     for name in ("w8a8", "w4a8"):
-        unet = copy.deepcopy(fp32_unet)
-        quantize_model(unet, name)
+        unet, _ = backbone.scheme_model(name)
         set_activation_ranges(unet, qfile.scheme(name).activation_ranges)
         unets[name.upper()] = unet
     ramp = qfile.scheme("w4a8").ramp
@@ -60,11 +58,9 @@ def main() -> None:
         qs = QSchedCoefficients.ramp(tuple(ramp["latent_coeff"]), tuple(ramp["output_coeff"]), steps)
         configs = [("FP32", "FP32", None), ("W8A8", "W8A8", None), ("W4A8", "W4A8", None), ("W4A8 + Q-Sched", "W4A8", qs)]
         for label, unet_name, coeffs in configs:
-            pipe.unet = unets[unet_name]
+            backbone.pipe.unet = unets[unet_name]
             started = time.perf_counter()
-            _, images = generate(pipe, prompts, steps=steps, guidance_scale=guidance, seed=0,
-                                 latent_coeff=None if coeffs is None else coeffs.latent_coeff,
-                                 output_coeff=None if coeffs is None else coeffs.output_coeff)
+            _, images = generate(backbone, prompts, steps=steps, seed=0, coefficients=coeffs)
             seconds = (time.perf_counter() - started) / len(prompts)
             with torch.no_grad():
                 clip = {j: float((100 * (c.image_features(images) * c.text_features(prompts)).sum(-1).clamp(min=0)).mean()) for j, c in judges.items()}

@@ -15,6 +15,7 @@ Built in:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,9 @@ def load_clip(spec: str = DEFAULT_CLIP, device: str | torch.device = "cpu") -> C
             tokenizer = open_clip.get_tokenizer(name)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise QSchedError(f"could not load the judge from {path}: {str(exc).splitlines()[0]}", "check open_clip_config.json and the weights") from exc
-        return ClipModel(model, tokenizer, str(path), device)
+        # Named by folder and weights hash, not by path: qsched.json records it, and a path would
+        # name the calibrating machine's disk.
+        return ClipModel(model, tokenizer, f"{path.resolve().name}@sha256:{_weights_digest(path)[:16]}", device)
     model_name, _, pretrained = spec.partition("@")
     if model_name not in open_clip.list_models():
         raise QSchedError(f"judge {spec!r} is neither a folder nor an open_clip model name", "pass a local open_clip folder or e.g. ViT-L-14@openai")
@@ -118,6 +121,15 @@ def load_clip(spec: str = DEFAULT_CLIP, device: str | torch.device = "cpu") -> C
             "pass a local open_clip folder (open_clip_config.json + open_clip_model.safetensors) or NAME@/path/to/checkpoint with --judge",
         ) from exc
     return ClipModel(model, open_clip.get_tokenizer(model_name), spec, device)
+
+
+def _weights_digest(folder: Path) -> str:
+    weights = next(folder / f for f in _WEIGHT_FILES if (folder / f).is_file())
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @register_judge("clipscore")

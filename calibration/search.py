@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 from qsched_export.errors import QSchedError
-from qsched_export.pipeline import Conditioning, denoise_fn
-from qsched_export.sampler import QSchedCoefficients, SamplerPlan, qsched_step
+from qsched_export.backbones import Conditioning
+from qsched_export.pipeline import denoise_fn
+from qsched_export.sampler import COEFF_RANGE, QSchedCoefficients, SamplerPlan, qsched_step
 
 log = logging.getLogger("calibration")
 
@@ -52,6 +53,9 @@ class SearchSpace:
                 raise QSchedError(f"{what} {lo} {hi} must be positive", "pass e.g. --range 0.8 1.2")
             if lo >= hi:
                 raise QSchedError(f"{what} start {lo} must be below its end {hi}", "pass e.g. --range 0.8 1.2")
+            if lo < COEFF_RANGE[0] or hi > COEFF_RANGE[1]:
+                raise QSchedError(f"{what} {lo:g} {hi:g} leaves the plausible coefficient range {COEFF_RANGE[0]:g}..{COEFF_RANGE[1]:g}",
+                                  "pass e.g. --range 0.8 1.2 (the paper's neighbourhood of 1)")
 
     def axis(self, which: str) -> list[float]:
         lo, hi = self.latent_range if which == "latent" else self.output_range
@@ -71,7 +75,7 @@ class Evaluator:
     coefficients from fixed noise, decodes, and averages the objective's terms over the prompts.
 
     Args:
-        denoiser: `UNetDenoiser` (float or fake-quant UNet).
+        denoiser: a backbone denoiser (`Backbone.denoiser`, over the float or fake-quant model).
         decode: latents -> images in [0, 1].
         plan: the sampler plan.
         cond: the prompts' conditioning (encoded once).
@@ -95,22 +99,11 @@ class Evaluator:
             self._first_output = denoise_fn(denoiser, cond)(model_input, plan.timesteps[0], 0)
         self.denoiser_calls = 1
 
-    def _repeat_cond(self, g: int) -> Conditioning:
-        c = self.cond
-        if c.context.shape[0] == 2 * c.batch_size:  # CFG: [negative; positive], each repeated per candidate
-            neg, pos = c.context.chunk(2)
-            context = torch.cat([neg.repeat(g, 1, 1), pos.repeat(g, 1, 1)])
-        else:
-            context = c.context.repeat(g, 1, 1)
-        tcond = None if c.timestep_cond is None else c.timestep_cond.repeat(g, 1)
-        return Conditioning(context, tcond, c.batch_size * g)
-
     @torch.no_grad()
     def final_latents(self, candidates: Sequence[QSchedCoefficients]) -> torch.Tensor:
         """Final latents `(len(candidates) * P, C, H, W)`, candidate-major, in one batch."""
         g, p, plan = len(candidates), len(self.prompts), self.plan
-        cond = self._repeat_cond(g)
-        run = denoise_fn(self.denoiser, cond)
+        run = denoise_fn(self.denoiser, self.cond.repeat(g))
         reps = (g,) + (1,) * (self.latents.ndim - 1)
         x = self.latents.repeat(reps) * plan.init_noise_sigma
         for i in range(plan.num_steps):
@@ -210,7 +203,7 @@ def grid_search(evaluator: Evaluator, space: SearchSpace, *, refine: bool = True
         for r in range(refine_rounds):
             moves = [tuple(best[j] + (sign * (step_x if j < 2 else step_e) if j == d else 0.0) for j in range(4))
                      for d in range(4) for sign in (-1.0, 1.0)]
-            moves = [m for m in moves if all(v > 0 for v in m)]
+            moves = [m for m in moves if all(COEFF_RANGE[0] <= v <= COEFF_RANGE[1] for v in m)]
             cand = _evaluate_sharded(evaluator, [coefficients(m, steps) for m in moves], progress, f"refine {r + 1}/{refine_rounds}")
             evaluations += len(moves)
             i = int(torch.argmax(cand["jaq"]))

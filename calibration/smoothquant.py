@@ -89,14 +89,15 @@ def smooth_linears(model: nn.Module, amax: dict[str, torch.Tensor], alpha: float
         setattr(model.get_submodule(parent_name), child, SmoothedLinear(linear, (1 / s).to(linear.weight.dtype)))
 
 
-def smoothquant_unet(session, scheme_name: str, alpha: float = DEFAULT_ALPHA):
-    """`session.simulated_unet(scheme_name)` with SmoothQuant first: a copy of the UNet is smoothed
-    with activation ranges observed along the FP32 sampler trajectory on the calibration prompts,
-    then fake-quantized and its static ranges observed the same way; returns (unet, report)."""
+def smoothquant_model(session, scheme_name: str, alpha: float = DEFAULT_ALPHA):
+    """`session.simulated_model(scheme_name)` with SmoothQuant first: a copy of the backbone model is
+    smoothed with activation ranges observed along the FP32 sampler trajectory on the calibration
+    prompts, then fake-quantized and its static ranges observed the same way; returns (model, report)."""
     scheme = get_scheme(scheme_name)
     if not applies_to(scheme):
         raise QSchedError(f"scheme {scheme.name} keeps Linear inputs in float: SmoothQuant has nothing to smooth",
                           "use a scheme that quantizes them (w8a8, w4a8)")
-    unet = copy.deepcopy(session.pipe.unet)
-    smooth_linears(unet, input_channel_amax(unet, lambda: session.fp32_trajectory(unet)), alpha)
-    return session.simulated_unet(scheme_name, unet)
+    skip = session.backbone.SKIP_PATTERNS
+    model = copy.deepcopy(session.backbone.model)
+    smooth_linears(model, input_channel_amax(model, lambda: session.fp32_trajectory(model), skip), alpha)
+    return session.simulated_model(scheme_name, model)

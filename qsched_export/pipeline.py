@@ -1,27 +1,26 @@
-"""Loading a diffusers few-step pipeline and sampling it with the Q-Sched sampler (PyTorch side).
+"""Loading a diffusers few-step pipeline into its backbone adapter, and sampling it with the Q-Sched
+sampler (PyTorch side).
 
-Supported backbones: UNet2DConditionModel text-to-image pipelines (`StableDiffusionPipeline` and
-`LatentConsistencyModelPipeline`, e.g. SD1.5 with LCM/TCD/PCM weights, and our embedded sample),
-with any scheduler our sampler families cover.
+Supported: the pipeline classes of `qsched_export.backbones` (SD-class and SDXL-class UNet
+pipelines, FLUX-class transformers), with any scheduler a sampler family covers, optionally with
+LoRAs fused in (`qsched_export.lora`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from qsched_export.backbones import Backbone, ModelSource, backbone_class
 from qsched_export.errors import QSchedError
-from qsched_export.sampler import FAMILIES, SamplerPlan, family_for_scheduler, make_plan, sample_loop
+from qsched_export.lora import LoraSpec, fuse_loras
+from qsched_export.sampler import FAMILIES, QSchedCoefficients, SamplerPlan, family_for_scheduler, sample_loop
 
-SAMPLE_MODEL = Path(__file__).resolve().parents[1] / "samples" / "shapes-sd"
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "LatentConsistencyModelPipeline")
-# The embedded sample samples best at guidance 1.5 (benchmarks/results/quality_guidance3.json
-# sweeps 1.5-5); other models get StableDiffusionPipeline.__call__'s default.
-SAMPLE_GUIDANCE = 1.5
-DIFFUSERS_GUIDANCE = 7.5
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
+SAMPLE_MODEL = SAMPLES_DIR / "shapes-sd"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -29,7 +28,9 @@ def resolve_model(model: str | None) -> str:
     """`None` means the embedded sample; a path must be a diffusers folder; anything else is a hub id."""
     if model is None:
         if not (SAMPLE_MODEL / "model_index.json").is_file():
-            raise QSchedError(f"the embedded sample is missing at {SAMPLE_MODEL}", "pass --model PATH_OR_HUB_ID")
+            # A wheel or `pip install .` does not carry samples/ (27 MB of weights): it ships with the source.
+            raise QSchedError("the embedded sample is not installed (it ships in the source repository's samples/ folder)",
+                              "clone the repository and pip install -e it, or pass --model PATH_OR_HUB_ID")
         return str(SAMPLE_MODEL)
     path = Path(model).expanduser()
     if path.exists():
@@ -41,29 +42,47 @@ def resolve_model(model: str | None) -> str:
     return model
 
 
-def default_guidance(model: str | None) -> float:
-    return SAMPLE_GUIDANCE if model is None else DIFFUSERS_GUIDANCE
+def model_source(model: str | None, loras: tuple[LoraSpec, ...] = ()) -> ModelSource:
+    """The id recorded for `model` (our samples as `samples/<name>`, whatever path reached them)."""
+    source = resolve_model(model)
+    path = Path(source)
+    sample = path.exists() and path.resolve().parent == SAMPLES_DIR.resolve()
+    return ModelSource(f"samples/{path.resolve().name}" if sample else str(model), sample, tuple(loras))
 
 
-def load_pipeline(model: str | None = None, *, scheduler: str | None = None, trust_remote_code: bool = False):
+def load_pipeline(model: str | None = None, *, scheduler: str | None = None, loras: Sequence[LoraSpec] = (), trust_remote_code: bool = False):
     """Load a diffusers pipeline in float32 on the CPU, safely: safetensors only (no pickle) and no
-    remote code unless `trust_remote_code`. `scheduler` swaps the scheduler by family or class name."""
+    remote code unless `trust_remote_code`. `scheduler` swaps the scheduler by family or class name;
+    `loras` are fused into the weights. Returns `(pipe, ModelSource)`."""
     from diffusers import DiffusionPipeline
 
     source = resolve_model(model)
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, EnvironmentError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QSchedError(f"could not load {source}: {first}", "pass a local diffusers folder with safetensors weights (--model PATH)") from exc
-    name = type(pipe).__name__
-    if name not in SUPPORTED_PIPELINES:
-        raise QSchedError(f"pipeline class {name} is not supported yet", f"use one of {', '.join(SUPPORTED_PIPELINES)}")
+        raise QSchedError(f"could not load {source}: {first}", "pass a local diffusers folder with safetensors weights (--model PATH)") from None
+    backbone_class(type(pipe).__name__)  # an unsupported class names the supported ones
     if scheduler is not None:
         pipe.scheduler = _swap_scheduler(pipe.scheduler, scheduler)
     family_for_scheduler(pipe.scheduler)  # fail early on an unsupported scheduler
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    fused = fuse_loras(pipe, tuple(loras))
+    return pipe, model_source(model, fused)
+
+
+def open_backbone(model: str | None = None, *, scheduler: str | None = None, loras: Sequence[LoraSpec] = (), guidance: float | None = None,
+                  height: int | None = None, width: int | None = None, negative_prompt: str = "", text_length: int | None = None,
+                  trust_remote_code: bool = False) -> Backbone:
+    """Load `model` and wrap it in its backbone adapter with the run's settings resolved."""
+    pipe, source = load_pipeline(model, scheduler=scheduler, loras=loras, trust_remote_code=trust_remote_code)
+    backbone = backbone_class(type(pipe).__name__)(pipe, source, guidance_scale=guidance, height=height, width=width,
+                                                   negative_prompt=negative_prompt, text_length=text_length)
+    family = family_for_scheduler(pipe.scheduler).NAME
+    if family not in backbone.FAMILIES:
+        raise QSchedError(f"{type(pipe).__name__} with {type(pipe.scheduler).__name__} ({family}) is not a combination we cover",
+                          f"use a scheduler of the {', '.join(backbone.FAMILIES)} family (--scheduler)")
+    return backbone
 
 
 def _swap_scheduler(current, name: str):
@@ -77,61 +96,6 @@ def _swap_scheduler(current, name: str):
     return getattr(diffusers, cls_name).from_config(current.config)
 
 
-@dataclass
-class Conditioning:
-    """Text conditioning for the denoiser: `context` is `(2B, L, D)` [negative; positive] with
-    classifier-free guidance, else `(B, L, D)`; `timestep_cond` is LCM's guidance embedding."""
-
-    context: torch.Tensor
-    timestep_cond: torch.Tensor | None
-    batch_size: int
-
-
-class UNetDenoiser(torch.nn.Module):
-    """The model output the sampler sees: the UNet with classifier-free guidance folded in,
-    exactly as `StableDiffusionPipeline.__call__` combines it."""
-
-    def __init__(self, unet, guidance_scale: float):
-        super().__init__()
-        self.unet = unet
-        self.guidance_scale = float(guidance_scale)
-        self.do_cfg = guidance_scale > 1 and unet.config.time_cond_proj_dim is None
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, context: torch.Tensor, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
-        model_input = torch.cat([sample] * 2) if self.do_cfg else sample
-        out = self.unet(model_input, timestep, encoder_hidden_states=context, timestep_cond=timestep_cond, return_dict=False)[0]
-        if self.do_cfg:
-            uncond, text = out.chunk(2)
-            out = uncond + self.guidance_scale * (text - uncond)
-        return out
-
-
-def encode_prompts(pipe, prompts: list[str], guidance_scale: float, negative_prompt: str | None = None, device: str = "cpu") -> Conditioning:
-    """Text conditioning (negative first with CFG), on `device` (the CPU by default: calibration and
-    export encode once and move the result)."""
-    for p in prompts:
-        if not p.strip():
-            raise QSchedError("empty prompt", "pass a non-empty --prompt")
-    denoiser = UNetDenoiser(pipe.unet, guidance_scale)
-    with torch.no_grad():
-        pos, neg = pipe.encode_prompt(prompts, torch.device(device), 1, denoiser.do_cfg, [negative_prompt or ""] * len(prompts) if denoiser.do_cfg else None)
-    context = torch.cat([neg, pos]) if denoiser.do_cfg else pos
-    timestep_cond = None
-    if pipe.unet.config.time_cond_proj_dim is not None:
-        w = torch.tensor(guidance_scale - 1).repeat(len(prompts))
-        timestep_cond = pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(device=pos.device, dtype=pos.dtype)
-    return Conditioning(context, timestep_cond, len(prompts))
-
-
-def latent_shape(pipe, batch_size: int, height: int | None, width: int | None) -> tuple[int, int, int, int]:
-    scale = pipe.vae_scale_factor
-    height = height or pipe.unet.config.sample_size * scale
-    width = width or pipe.unet.config.sample_size * scale
-    if height % scale or width % scale:
-        raise QSchedError(f"height and width must be multiples of {scale}, got {height}x{width}", f"pass sizes divisible by {scale}")
-    return (batch_size, pipe.unet.config.in_channels, height // scale, width // scale)
-
-
 def draw_noise(plan: SamplerPlan, shape: tuple[int, ...], generator: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """Draw the initial latent and each step's noise in the order diffusers' pipelines draw them
     from one generator, so a seed gives the stock pipeline's image."""
@@ -140,29 +104,28 @@ def draw_noise(plan: SamplerPlan, shape: tuple[int, ...], generator: torch.Gener
     return latents, noises
 
 
-def denoise_fn(denoiser: UNetDenoiser, cond: Conditioning):
+def denoise_fn(denoiser: torch.nn.Module, cond):
+    """The sampler's `denoise(model_input, timestep, step_index)` over a backbone denoiser and its conditioning."""
+    tensors = tuple(cond.tensors.values())
+
     def run(model_input: torch.Tensor, timestep: float, _i: int) -> torch.Tensor:
-        return denoiser(model_input, torch.tensor(timestep), cond.context, cond.timestep_cond)
+        # On the latent's device: the UNet moves a CPU timestep itself, FLUX's transformer does not.
+        return denoiser(model_input, torch.tensor(timestep, device=model_input.device), *tensors)
     return run
 
 
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode to images in [0, 1], `(B, 3, H, W)`, as the pipeline's post-processing does."""
-    with torch.no_grad():
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return (image / 2 + 0.5).clamp(0, 1)
-
-
-def generate(pipe, prompts: list[str], *, steps: int, guidance_scale: float, seed: int, latent_coeff=None, output_coeff=None,
-             height: int | None = None, width: int | None = None, gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def generate(backbone: Backbone, prompts: list[str], *, steps: int, seed: int, coefficients: QSchedCoefficients | None = None,
+             gamma: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `prompts` with the Q-Sched sampler; returns `(final_latents, images in [0, 1])`."""
-    plan = make_plan(pipe.scheduler, steps, **({"gamma": gamma} if gamma is not None else {}))
-    cond = encode_prompts(pipe, prompts, guidance_scale)
-    latents, noises = draw_noise(plan, latent_shape(pipe, len(prompts), height, width), torch.Generator().manual_seed(seed))
-    denoiser = UNetDenoiser(pipe.unet, guidance_scale)
+    plan = backbone.plan(steps, **({"gamma": gamma} if gamma is not None else {}))
+    if coefficients is not None:
+        coefficients.check_steps(plan.num_steps)
+    cond = backbone.encode(prompts)
+    latents, noises = draw_noise(plan, backbone.latent_shape(len(prompts)), torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        final = sample_loop(denoise_fn(denoiser, cond), plan, latents, noises, latent_coeff, output_coeff)
-    return final, decode_latents(pipe, final)
+        final = sample_loop(denoise_fn(backbone.denoiser(), cond), plan, latents, noises,
+                            coefficients.latent_coeff if coefficients else None, coefficients.output_coeff if coefficients else None)
+    return final, backbone.decode(final)
 
 
 def to_pil(images: torch.Tensor):

@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 TARGET_FORMS = ("fp32", "fp16", "qdq", "matmulnbits")
 # Written next to the graphs after the manifest, so never hashed into it.
@@ -67,14 +67,18 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """Where the tokenizer lives (`dir`/`file`, a `tokenizers.Tokenizer.from_file` JSON) and how
-    to pad: every prompt becomes exactly `max_length` ids, `bos_id ... eos_id pad_id...`."""
+    """One tokenizer of the artifact: `name` (the pipeline's attribute, e.g. `tokenizer_2`), the
+    text graph's `input` it feeds, where it lives (`dir`/`file`, a `tokenizers.Tokenizer.from_file`
+    JSON) and how to pad: every prompt becomes exactly `max_length` ids, `[bos] ids eos pad...`
+    (`bos_id` None: no bos, as T5 does)."""
 
+    name: str
+    input: str
     dir: str
     file: str
     max_length: int
     pad_id: int
-    bos_id: int
+    bos_id: int | None
     eos_id: int
 
     def to_dict(self) -> dict:
@@ -82,8 +86,8 @@ class TokenizerSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TokenizerSpec":
-        return cls(str(data["dir"]), str(data["file"]), int(data["max_length"]), int(data["pad_id"]),
-                   int(data["bos_id"]), int(data["eos_id"]))
+        return cls(str(data["name"]), str(data["input"]), str(data["dir"]), str(data["file"]), int(data["max_length"]),
+                   int(data["pad_id"]), None if data["bos_id"] is None else int(data["bos_id"]), int(data["eos_id"]))
 
 
 @dataclass(frozen=True)
@@ -106,17 +110,21 @@ class Manifest:
 
     Args:
         tools: versions of the tools that wrote it (qsched_export, torch, diffusers, onnx, onnxruntime).
-        model: `{"id", "pipeline_class", "family"}`.
+        model: `{"id", "pipeline_class", "backbone", "family"}`.
         sampler: `SamplerPlan.to_dict()`: timesteps, input divisors, noise steps, constants (all baked in).
         steps, guidance_scale, do_cfg: the sampler settings baked into `denoise.onnx`. With `do_cfg`
-            the text encoder runs on `2B` prompts, negative (`negative_prompt`) first.
+            the denoise graph runs classifier-free guidance against the negative prompt's
+            conditioning (`negative_prompt`; zeros for SDXL's empty negative), baked in as constants.
         scheme: the quantization scheme's fields (name, weight/activation bits, group size ...).
         target_form: how the scheme is written in the graph: `fp32`, `fp16`, `qdq` or `matmulnbits`.
         coefficients: `{"latent_coeff": [...], "output_coeff": [...]}`, one value per step (baked in).
         image: output image size and batch; latent_shape: `[B, C, h, w]` of `latents`.
         opset: the default-domain ONNX opset of every graph.
-        graphs: by role: `text_encoder`, `denoise`, `vae_decoder`, or `pipeline` alone when fused.
-        tokenizer: tokenizer files and ids.
+        graphs: by role, in the order a runtime runs them, each fed by name from the tokenizers'
+            ids, the drawn `latents`/`noise` and the earlier graphs' outputs: `text_encoder`,
+            `denoise`, `vae_decoder`, or `pipeline` alone when fused.
+        tokenizers: each tokenizer's files, padding rule and the graph input it feeds.
+        loras: the LoRAs fused into the weights (`{"id", "scale", "sha256"}` each).
         quantization: the export's report (layers quantized and skipped, bytes before/after).
         golden: the golden parity file (inputs and PyTorch outputs), relative to the folder.
         files: `{relpath: sha256}` of every file in the folder except `UNHASHED`.
@@ -135,8 +143,9 @@ class Manifest:
     latent_shape: tuple[int, ...]
     opset: int
     graphs: dict[str, GraphSpec]
-    tokenizer: TokenizerSpec
+    tokenizers: tuple[TokenizerSpec, ...]
     negative_prompt: str = ""
+    loras: tuple[dict, ...] = ()
     quantization: dict = field(default_factory=dict)
     golden: str = "golden.npz"
     files: dict[str, str] = field(default_factory=dict)
@@ -149,6 +158,15 @@ class Manifest:
     @property
     def family(self) -> str:
         return self.model["family"]
+
+    @property
+    def backbone(self) -> str:
+        return self.model["backbone"]
+
+    @property
+    def support_files(self) -> list[str]:
+        """Files a runtime opens besides the graphs (relative paths): each tokenizer, the golden data."""
+        return [f"{t.dir}/{t.file}" for t in self.tokenizers] + [self.golden]
 
     @property
     def fused(self) -> bool:
@@ -177,7 +195,8 @@ class Manifest:
             "latent_shape": list(self.latent_shape),
             "opset": self.opset,
             "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
-            "tokenizer": self.tokenizer.to_dict(),
+            "tokenizers": [t.to_dict() for t in self.tokenizers],
+            "loras": [dict(x) for x in self.loras],
             "quantization": self.quantization,
             "golden": self.golden,
             "files": dict(sorted(self.files.items())),
@@ -200,7 +219,8 @@ class Manifest:
                 coefficients={k: [float(x) for x in v] for k, v in data["coefficients"].items()},
                 image=ImageSpec.from_dict(data["image"]), latent_shape=tuple(int(d) for d in data["latent_shape"]),
                 opset=int(data["opset"]), graphs={k: GraphSpec.from_dict(v) for k, v in data["graphs"].items()},
-                tokenizer=TokenizerSpec.from_dict(data["tokenizer"]), negative_prompt=str(data.get("negative_prompt", "")),
+                tokenizers=tuple(TokenizerSpec.from_dict(t) for t in data["tokenizers"]), negative_prompt=str(data.get("negative_prompt", "")),
+                loras=tuple(dict(x) for x in data.get("loras", [])),
                 quantization=dict(data.get("quantization", {})), golden=str(data.get("golden", "golden.npz")),
                 files={str(k): str(v) for k, v in data.get("files", {}).items()}, schema_version=int(version),
             )
@@ -277,11 +297,10 @@ def artifact_path(root: str | Path, rel: str) -> Path:
 
 
 def opened_files(manifest: Manifest) -> list[str]:
-    """The paths, relative to the artifact folder, that a runtime opens: every graph, the golden
-    file and the tokenizer file. (External data a graph references is added by `verify_files`,
-    which reads it from the verified graphs.)"""
-    tokenizer = (PurePosixPath(manifest.tokenizer.dir) / manifest.tokenizer.file).as_posix()
-    return [*(spec.file for spec in manifest.graphs.values()), manifest.golden, tokenizer]
+    """The paths, relative to the artifact folder, that a runtime opens: every graph and the
+    `support_files` (tokenizers, golden data). External data a graph references is added by
+    `verify_files`, which reads it from the verified graphs."""
+    return [*(spec.file for spec in manifest.graphs.values()), *manifest.support_files]
 
 
 def check_paths(root: str | Path, manifest: Manifest) -> None:

@@ -203,11 +203,11 @@ def check_artifact(artifact_dir: str | Path, providers: list[str] | tuple[str, .
     root = Path(artifact_dir)
     pipe = Text2ImagePipeline(root, providers)
     golden = load_golden(root / pipe.manifest.golden)
-    missing = [k for k in ("input_ids", "latents") if k not in golden]
+    missing = [k for k in pipe.input_names if k not in golden]
     if missing:
         raise ArtifactError(f"golden file lacks the input(s) {', '.join(missing)}", "re-export the artifact")
     start = time.perf_counter()
-    out = pipe.run(golden["input_ids"], golden["latents"], golden.get("noise"))
+    out = pipe.run({k: golden[k] for k in pipe.input_names})
     seconds = time.perf_counter() - start
     comparisons = compare_outputs({"first_latents": out.first_latents, "final_latents": out.final_latents, "image": out.image}, golden,
                                   pipe.manifest.target_form)

@@ -1,13 +1,12 @@
-"""Text-to-image from an artifact folder without torch: tokenizer -> text encoder -> unrolled
-denoise -> VAE decoder -> PNG, each graph on an explicit `Runner`.
+"""Text-to-image from an artifact folder without torch: tokenizers -> graphs -> PNG.
 
-Wiring (the exporter's contract): the text encoder takes `input_ids` `[2B|B, L]` (negative
-prompt first with classifier-free guidance) and its first output is the `context` of
-`denoise`, which also takes `latents` `[B,C,h,w]` and, for stochastic samplers, `noise`
-`[K,B,C,h,w]`, and returns `final_latents` (and `first_latents`, the latent after the first
-step, for the parity check); the VAE decoder maps them to `image` `[B,3,H,W]` in [0, 1]. A fused
-artifact has one `pipeline` graph from `input_ids`, `latents` (and `noise`) to `image` (and
-`first_latents`).
+Wiring comes from the manifest, not from a stage list: the graphs run in manifest order, each fed
+by name from one pool of tensors that starts with the tokenizers' ids (by each tokenizer's
+`input`) and the drawn `latents`/`noise`, and grows with every graph's outputs. The exporter
+names the tensors so they meet (graphs.py in qsched_export.export): the text graph turns ids into
+the backbone's conditioning, the denoise graph turns conditioning and noise into `final_latents`
+and `first_latents` (the latent after the first step, for the parity check), and the decoder turns
+`final_latents` into `image` `[B,3,H,W]` in [0, 1]. A new backbone needs no runtime code.
 """
 
 from __future__ import annotations
@@ -22,13 +21,15 @@ from runtimes.manifest import ArtifactError, Manifest, load_manifest
 from runtimes.runners import Runner, open_runner
 from runtimes.tokenizer import PromptTokenizer
 
-STAGES = ("text_encoder", "denoise", "vae_decoder")
+# What the drawn noise feeds, and the outputs a run returns.
+DRAWS = ("latents", "noise")
+RESULTS = ("final_latents", "first_latents", "image")
 
 
 @dataclass(frozen=True)
 class PipelineOutput:
-    final_latents: np.ndarray | None  # None for a fused graph that returns the image only
     image: np.ndarray  # [B, 3, H, W] float in [0, 1]
+    final_latents: np.ndarray | None = None  # None for a fused graph, which returns the image only
     first_latents: np.ndarray | None = None  # the latent after the first step
 
 
@@ -39,14 +40,24 @@ class Text2ImagePipeline:
     def __init__(self, artifact_dir: str | Path, providers: list[str] | tuple[str, ...] = ("cpu",), *, verify: bool = True):
         self.root = Path(artifact_dir)
         self.manifest: Manifest = load_manifest(self.root, verify=verify)
-        self.tokenizer = PromptTokenizer(self.root, self.manifest.tokenizer)
+        self.tokenizers = [PromptTokenizer(self.root, spec) for spec in self.manifest.tokenizers]
         trt_version = self.manifest.tools.get("tensorrt")
         self.runners: dict[str, Runner] = {role: open_runner(self.root / spec.file, providers, tensorrt_version=trt_version)
                                            for role, spec in self.manifest.graphs.items()}
-        if not self.manifest.fused:
-            missing = [s for s in STAGES if s not in self.runners]
+        self._check_wiring()
+
+    def _check_wiring(self) -> None:
+        """Every graph input must be fed by a tokenizer, a draw or an earlier graph, and the graphs
+        must produce an image: say so now, not after the text encoder ran."""
+        available = {t.input for t in self.manifest.tokenizers} | set(DRAWS)
+        for role, runner in self.runners.items():
+            missing = [n for n in runner.input_names if n not in available]
             if missing:
-                raise ArtifactError(f"the artifact lacks the {', '.join(missing)} graph(s)", "re-export the artifact")
+                raise ArtifactError(f"graph {role} takes {', '.join(missing)}, which nothing before it produces "
+                                    f"(available: {', '.join(sorted(available))})", "re-export the artifact with this qsched-export version")
+            available |= set(runner.output_names)
+        if "image" not in available:
+            raise ArtifactError("no graph of the artifact produces an image", "re-export the artifact")
 
     @property
     def description(self) -> str:
@@ -56,44 +67,41 @@ class Text2ImagePipeline:
     def batch(self) -> int:
         return self.manifest.image.batch
 
-    def input_ids(self, prompts: list[str]) -> np.ndarray:
-        """Token ids the text encoder takes: `[negative * B; prompts]` with guidance, else `prompts`."""
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """What `run` takes: each tokenizer's ids and the draws the graphs consume."""
+        consumed = {n for r in self.runners.values() for n in r.input_names}
+        return tuple(t.input for t in self.manifest.tokenizers) + tuple(d for d in DRAWS if d in consumed)
+
+    def input_ids(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """Each tokenizer's ids for `prompts` (the positive prompts: the negative one is baked in)."""
         if len(prompts) != self.batch:
-            raise ArtifactError(f"the artifact was exported for batch {self.batch}, got {len(prompts)} prompt(s)", f"pass {self.batch} prompt(s) or re-export with --batch {len(prompts)}")
-        texts = [self.manifest.negative_prompt] * len(prompts) + list(prompts) if self.manifest.do_cfg else list(prompts)
-        return self.tokenizer.ids(texts)
+            raise ArtifactError(f"the artifact was exported for batch {self.batch}, got {len(prompts)} prompt(s)",
+                                f"pass {self.batch} prompt(s) or re-export with --batch {len(prompts)}")
+        return {t.spec.input: t.ids(prompts) for t in self.tokenizers}
+
+    def dropped_tokens(self, prompts: list[str]) -> int:
+        """The most tokens any tokenizer cuts from any prompt (0 when every prompt fits)."""
+        return max((n for t in self.tokenizers for n in t.dropped(prompts)), default=0)
 
     def draw_noise(self, seed: int) -> dict[str, np.ndarray]:
         """The initial latent then each step's noise, from `numpy.random.default_rng(seed)`."""
         rng = np.random.default_rng(seed)
-        graph = self.manifest.graph("pipeline" if self.manifest.fused else "denoise")
-        return {name: rng.standard_normal(graph.inputs[name].shape, dtype=np.float32)
-                for name in ("latents", "noise") if name in graph.inputs}
+        shapes = {n: spec.shape for g in self.manifest.graphs.values() for n, spec in g.inputs.items() if n in DRAWS}
+        return {name: rng.standard_normal(shapes[name], dtype=np.float32) for name in DRAWS if name in shapes}
 
-    def run(self, input_ids: np.ndarray, latents: np.ndarray, noise: np.ndarray | None = None) -> PipelineOutput:
-        draws = {"latents": latents} | ({"noise": noise} if noise is not None else {})
-        if self.manifest.fused:
-            runner = self.runners["pipeline"]
-            out = runner.run(_pick(runner, {"input_ids": input_ids, **draws}))
-            return PipelineOutput(out.get("final_latents"), out["image"], out.get("first_latents"))
-        text = self.runners["text_encoder"]
-        context = text.run({text.input_names[0]: input_ids})[text.output_names[0]]
-        denoise = self.runners["denoise"]
-        out = denoise.run(_pick(denoise, {"context": context, **draws}))
-        final = out["final_latents"]
-        vae = self.runners["vae_decoder"]
-        return PipelineOutput(final, vae.run({vae.input_names[0]: final})[vae.output_names[0]], out.get("first_latents"))
+    def run(self, feeds: dict[str, np.ndarray]) -> PipelineOutput:
+        """Run every graph in manifest order on `feeds` (`input_names`: ids and draws by name)."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ArtifactError(f"the run lacks input(s) {', '.join(missing)}", f"feed {', '.join(self.input_names)}")
+        pool = dict(feeds)
+        for runner in self.runners.values():
+            pool.update(runner.run({n: pool[n] for n in runner.input_names}))
+        return PipelineOutput(pool["image"], pool.get("final_latents"), pool.get("first_latents"))
 
     def __call__(self, prompts: list[str], seed: int = 0) -> PipelineOutput:
-        return self.run(self.input_ids(prompts), **self.draw_noise(seed))
-
-
-def _pick(runner: Runner, available: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    missing = [n for n in runner.input_names if n not in available]
-    if missing:
-        raise ArtifactError(f"{runner.description}: graph input(s) {', '.join(missing)} are not part of the runtime contract "
-                            f"(it feeds {', '.join(available)})", "re-export the artifact with this qsched-export version")
-    return {n: available[n] for n in runner.input_names}
+        return self.run({**self.input_ids(prompts), **self.draw_noise(seed)})
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from qsched_export.cli.common import console, err_console, note_default_model, user_errors
+from qsched_export.cli.options import lora_option, parse_loras, progress_printer
 
 
 class _OneLineWarnings(logging.Handler):
@@ -19,22 +20,24 @@ class _OneLineWarnings(logging.Handler):
 
 def calibrate(
     model: str = typer.Option(None, "--model", help="Diffusers folder or hub id (default: the embedded sample)."),
+    lora: list[str] = lora_option(),
     bits: list[int] = typer.Option([], "--bits", help="8 = w8a8, 4 = w4a8, 16 = fp16; repeat for several (default 8)."),
     scheme: list[str] = typer.Option([], "--scheme", help="Any scheme by name (w8a8, w4a8, w8a16, w4a16, fp16; study-only, not exportable: w3a8, w4a6, w8a6); repeatable."),
     steps: int = typer.Option(4, "--steps", help="Sampler steps."),
+    gamma: float = typer.Option(None, "--gamma", help="TCD's gamma (default 0.3); the export must use the same."),
     prompts: Path = typer.Option(None, "--prompts", help="Prompt file, one a line (default: samples/prompts/calibration.txt)."),
     grid: int = typer.Option(20, "--grid", help="Grid size per axis (the paper: 10 to 50)."),
     k: float = typer.Option(2.0, "--k", help="JAQ weight of CLIP-IQA."),
     judge: str = typer.Option(None, "--judge", help="open_clip folder, or NAME@PRETRAINED (a tag or a checkpoint file) (default: the sample's judge, else ViT-L-14@openai)."),
     search_range: tuple[float, float] = typer.Option((0.8, 1.2), "--range", help="Range of both ramp starts."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine the four ramp ends after the grid."),
-    guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale (default: 1.5 for the embedded sample, else 7.5)."),
+    guidance: float = typer.Option(None, "--guidance", help="Guidance scale (default: the model's own, printed with its reason: 1.5 for the embedded sample, 0 for SDXL-Turbo ...)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (one for every candidate)."),
     percentile: float = typer.Option(None, "--percentile", help="Activation range percentile (default: amax)."),
-    out: Path = typer.Option(Path("qsched.json"), "--out", help="qsched.json to write (merged if it exists)."),
+    out: Path = typer.Option(None, "--out", help="qsched.json to write, merged if it exists (default: out/<model>.qsched.json)."),
     heatmap: Path = typer.Option(None, "--heatmap", help="PNG of the JAQ surface (per scheme when several)."),
     nproc: int = typer.Option(1, "--nproc", help="Processes to shard the grid over (one per GPU with --device cuda)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when a GPU is visible)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per denoiser call."),
 ) -> None:
     """Calibrate Q-Sched coefficients (grid search on JAQ) for quantized schemes into one qsched.json."""
@@ -44,9 +47,10 @@ def calibrate(
 
         schemes = CalibrationConfig.bits_to_schemes(bits) + tuple(scheme) if (bits or scheme) else ("w8a8",)
         config = CalibrationConfig(
-            model=model, schemes=tuple(dict.fromkeys(schemes)), steps=steps, prompts_file=prompts,
+            model=model, schemes=tuple(dict.fromkeys(schemes)), steps=steps, gamma=gamma, prompts_file=prompts,
             space=SearchSpace(grid, tuple(search_range), tuple(search_range)), refine=refine, k=k, judge=judge, guidance=guidance,
             seed=seed, percentile=percentile, out=out, heatmap=heatmap, nproc=nproc, device=device, batch_size=batch_size,
+            loras=parse_loras(lora),
         ).validate()
         note_default_model(model)
         handler = _OneLineWarnings(logging.WARNING)
@@ -54,7 +58,7 @@ def calibrate(
         logger.addHandler(handler)
         propagate, logger.propagate = logger.propagate, False  # one line, not also the root handler's
         try:
-            qfile = run_calibration(config)
+            qfile = run_calibration(config, progress_printer())
         finally:
             logger.removeHandler(handler)
             logger.propagate = propagate
@@ -77,8 +81,8 @@ def _print_summary(qfile, config) -> None:
         q = qfile.schemes[name].search["quantization"]
         ratio = q["bytes_after"] / q["bytes_before"] if q["bytes_before"] else 1.0
         console.print(f"{name}: {len(q['quantized'])} layers quantized, {len(q['skipped'])} kept in float; "
-                      f"UNet parameters {q['bytes_before'] / 1e6:.2f} MB -> {q['bytes_after'] / 1e6:.2f} MB ({ratio:.2f}x)", highlight=False)
-    console.print(f"wrote {config.out}")
+                      f"model parameters {q['bytes_before'] / 1e6:.2f} MB -> {q['bytes_after'] / 1e6:.2f} MB ({ratio:.2f}x)", highlight=False)
+    console.print(f"wrote {config.out_path}")
 
 
 def register(app: typer.Typer) -> None:

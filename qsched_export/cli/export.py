@@ -7,52 +7,59 @@ from pathlib import Path
 import typer
 
 from qsched_export.cli.common import console, err_console, note_default_model, user_errors
+from qsched_export.cli.options import lora_option, parse_loras, progress_printer
 
 
 def export(
     model: str = typer.Option(None, "--model", "-m", help="Diffusers folder or hub id (default: the embedded sample)."),
-    coeffs: Path = typer.Option(None, "--coeffs", help="qsched.json from calibrate (default: the sample's own when exporting the sample, else all-ones coefficients)."),
+    lora: list[str] = lora_option(),
+    coeffs: Path = typer.Option(None, "--coeffs", help="qsched.json from calibrate (default: the model folder's own, else out/<model>.qsched.json, else all-ones coefficients)."),
     bits: int = typer.Option(8, "--bits", "-b", help="32, 16, 8 or 4; what 4 means depends on --target (tensorrt: w4a16, onnxruntime: w4a8 MatMulNBits)."),
     scheme: str = typer.Option(None, "--scheme", help="A scheme by name (fp32, fp16, w8a8, w4a8, w8a16, w4a16); overrides --bits/--target."),
     target: str = typer.Option("onnxruntime", "--target", "-t", help="tensorrt or onnxruntime: picks the scheme --bits means."),
     steps: int = typer.Option(4, "--steps", "-n", help="Sampler steps to unroll (must match the qsched.json)."),
     height: int = typer.Option(None, "--height", help="Image height (default: the model's)."),
     width: int = typer.Option(None, "--width", help="Image width (default: the model's)."),
+    max_sequence_length: int = typer.Option(None, "--max-sequence-length", help="T5 length of FLUX-class models (default: the model's, at most 512)."),
     batch: int = typer.Option(1, "--batch", help="Static batch size."),
-    guidance: float = typer.Option(None, "--guidance", "-g", help="Guidance scale (default: the qsched.json's, else 1.5 for the embedded sample and 7.5 for other models)."),
+    guidance: float = typer.Option(None, "--guidance", "-g", help="Guidance scale (default: the qsched.json's, else the model's own default, printed with its reason)."),
     gamma: float = typer.Option(None, "--gamma", help="TCD's gamma (default 0.3)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt baked into the graph with classifier-free guidance."),
     fuse: bool = typer.Option(False, "--fuse", help="One pipeline.onnx (token ids + noise -> image) instead of three graphs."),
     opset: int = typer.Option(None, "--opset", help="ONNX opset, 17-21 (default 21; 20 for static int8 activations; INT4 needs 21)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Artifact folder to create (default: artifacts/<model>-<scheme>-<steps>step)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Artifact folder to create (default: out/<model>-<scheme>-<steps>step)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="Prompt of the golden parity data."),
 ) -> None:
     """Export the few-step sampler as static ONNX graphs with baked Q-Sched coefficients and Q/DQ."""
     with user_errors():
+        from qsched_export import outputs
+        from qsched_export.api import qsched_candidates
         from qsched_export.export import ExportConfig, export_artifact
         from qsched_export.export.api import DEFAULT_PROMPT
-        from qsched_export.pipeline import SAMPLE_MODEL
         from qsched_export.quant import get_scheme, scheme_for
         from runtimes.manifest import load_manifest
 
         chosen = get_scheme(scheme) if scheme else scheme_for(target, bits)
         note_default_model(model)
-        if coeffs is None and model is None and (SAMPLE_MODEL / "qsched.json").is_file():
-            coeffs = SAMPLE_MODEL / "qsched.json"
-            console.print(f"[dim]no --coeffs given: using the sample's {coeffs}[/]", highlight=False)
+        loras = parse_loras(lora)
+        # The same lookup as build, without calibrating: export takes what exists.
+        found = next(iter(qsched_candidates(model, coeffs)), None)
+        if found is None:
+            err_console.print("[yellow]warning:[/] no qsched.json found: exporting with all-ones Q-Sched coefficients (the plain sampler)", highlight=False)
         elif coeffs is None:
-            err_console.print("[yellow]warning:[/] no --coeffs given: exporting with all-ones Q-Sched coefficients (the plain sampler)", highlight=False)
-        name = Path(model).name if model else SAMPLE_MODEL.name
-        out = out or Path("artifacts") / f"{name}-{chosen.name}-{steps}step"
-        config = ExportConfig(out=out, model=model, scheme=chosen.name, coeffs=coeffs, steps=steps, height=height, width=width,
-                              batch=batch, guidance_scale=guidance, gamma=gamma, opset=opset, fuse=fuse, overwrite=overwrite,
-                              prompt=prompt or DEFAULT_PROMPT)
-        artifact = export_artifact(config, progress=lambda msg: console.print(f"[dim]  {msg}[/]", highlight=False))
+            console.print(f"[dim]no --coeffs given: using {found}[/]", highlight=False)
+        config = ExportConfig(out=out or outputs.export_dir(model, chosen.name, steps), model=model, scheme=chosen.name, coeffs=found, steps=steps,
+                              height=height, width=width, batch=batch, guidance_scale=guidance, gamma=gamma, opset=opset, fuse=fuse,
+                              overwrite=overwrite, prompt=prompt or DEFAULT_PROMPT, loras=loras, negative_prompt=negative_prompt,
+                              text_length=max_sequence_length)
+        artifact = export_artifact(config, progress=progress_printer())
         manifest = load_manifest(artifact, verify=False)
         report = manifest.quantization
         sizes = ", ".join(f"{role} {size / 1e6:.2f} MB" for role, size in report["onnx_bytes"].items())
-        console.print(f"wrote {artifact}: {manifest.family} {manifest.steps} steps, scheme {chosen.name} as {manifest.target_form}, "
-                      f"opset {manifest.opset}, {report['exported_layers']} quantized layers; {sizes}", highlight=False)
+        console.print(f"wrote {artifact}: {manifest.backbone} {manifest.family} {manifest.steps} steps, guidance {manifest.guidance_scale:g}, "
+                      f"scheme {chosen.name} as {manifest.target_form}, opset {manifest.opset}, {report['exported_layers']} quantized layers; {sizes}",
+                      highlight=False)
 
 
 def register(app: typer.Typer) -> None:

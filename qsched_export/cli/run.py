@@ -43,12 +43,10 @@ def run(
 
 
 def _warn_if_cut(pipe, prompt: str) -> None:
-    """The text encoder takes `max_length` tokens, bos and eos included: say when the prompt loses words."""
-    # PromptTokenizer cuts silently; its tokenizers.Tokenizer gives the full count.
-    tokens = len(pipe.tokenizer._tokenizer.encode(prompt, add_special_tokens=False).ids)
-    room = pipe.manifest.tokenizer.max_length - 2
-    if tokens > room:
-        err_console.print(f"[yellow]warning:[/] the prompt is {tokens} tokens; the text encoder reads the first {room}, the rest is dropped",
+    """Each text encoder reads a fixed number of tokens: say when the prompt loses words."""
+    dropped = pipe.dropped_tokens([prompt])
+    if dropped:
+        err_console.print(f"[yellow]warning:[/] the prompt is {dropped} token(s) longer than the text encoder reads; those are dropped",
                           highlight=False)
 
 

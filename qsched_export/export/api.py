@@ -1,14 +1,15 @@
 """`export_artifact(ExportConfig) -> Path`: a calibrated pipeline -> an artifact folder.
 
-The folder holds `text_encoder.onnx`, `denoise.onnx` (N steps unrolled, constants and Q-Sched
-coefficients baked in), `vae_decoder.onnx` (or one `pipeline.onnx` with `fuse`), `golden.npz`,
-`tokenizer/tokenizer.json` and `manifest.json` (runtimes/manifest.py). It is written into a temp
-folder beside `out` and renamed at the end, so an interrupted or failed export leaves nothing.
+The folder holds `text_encoder.onnx` (every tokenizer's ids -> the backbone's conditioning),
+`denoise.onnx` (N steps unrolled, constants and Q-Sched coefficients baked in) and
+`vae_decoder.onnx` (or one `pipeline.onnx` with `fuse`), `golden.npz`, one folder per tokenizer
+and `manifest.json` (runtimes/manifest.py). Everything model-specific goes through the backbone
+adapter (qsched_export.backbones). It is written into a temp folder beside `out` and renamed at
+the end, so an interrupted or failed export leaves nothing.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -21,16 +22,18 @@ import numpy as np
 import torch
 
 from qsched_export.errors import QSchedError
-from qsched_export.export import onnx_io
-from qsched_export.export.graphs import (
-    TEXT_ENCODER_IO, VAE_DECODER_IO, FusedPipeline, HalfPrecision, TextEncoder, UnrolledDenoise, VaeDecoder, denoise_io, pipeline_io,
-)
+from qsched_export.export import onnx_io, symbolics
+from qsched_export.export.graphs import DECODER_IO, FusedPipeline, UnrolledDenoise, denoise_io, pipeline_io, text_io
 from qsched_export.export.qdq import FORM_FP16, FORM_NBITS, swap_for_export, target_form
-from qsched_export.export.tokenizer_files import pipeline_token_ids, write_tokenizer
+from qsched_export.export.tokenizer_files import write_tokenizers
+from qsched_export.lora import LoraSpec
 from qsched_export.sampler import QSchedCoefficients
 from runtimes.manifest import GraphSpec, ImageSpec, Manifest, TensorSpec, write_manifest
 
 DEFAULT_PROMPT = "two small red circles on a blue background"
+# Image sides above this are refused before any work: the models we export are trained at 512-2048
+# px, and at 4096 px an SDXL UNet's activations alone outgrow a workstation's memory.
+MAX_IMAGE_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,14 @@ class ExportConfig:
         coefficients (`QSchedCoefficients`, optional): explicit coefficients instead of `coeffs`
             (activation ranges then come from `coeffs` if given). Neither = all ones.
         steps, height, width, batch: the static sampler and shapes (height/width None = the model's).
-        guidance_scale (`float`, optional): None = the qsched.json's, else `default_guidance(model)` (1.5 for the embedded sample, 7.5 otherwise).
+        guidance_scale (`float`, optional): None = the qsched.json's, else the backbone's default for the model
+            (`Backbone.default_guidance`: 1.5 for the embedded sample, 0 for SDXL-Turbo, the pipeline's own otherwise).
         gamma (`float`, optional): TCD's gamma.
         opset (`int`, optional): default-domain opset, 17..21; INT4 schemes need 21. None = `default_opset(scheme)`.
+        loras (`tuple[LoraSpec, ...]`): LoRAs fused into the weights before quantization; they must be the
+            ones the qsched.json was calibrated with.
+        negative_prompt (`str`): the negative prompt baked into the denoise graph with classifier-free guidance.
+        text_length (`int`, optional): the T5 length of FLUX-class models (None = the model's).
         fuse (`bool`): one pipeline.onnx instead of three graphs.
         overwrite (`bool`): replace an existing `out`.
         prompt, seed: the golden parity data's prompt (repeated `batch` times) and noise seed.
@@ -70,6 +78,9 @@ class ExportConfig:
     overwrite: bool = False
     prompt: str = DEFAULT_PROMPT
     seed: int = 0
+    loras: tuple[LoraSpec, ...] = ()
+    negative_prompt: str = ""
+    text_length: int | None = None
 
     def __post_init__(self):
         from qsched_export.quant import get_scheme
@@ -90,8 +101,14 @@ class ExportConfig:
         if scheme.block_weights and self.opset < onnx_io.INT4_MIN_OPSET:
             raise QSchedError(f"scheme {scheme.name} needs opset {onnx_io.INT4_MIN_OPSET} (INT4 block quantization), got --opset {self.opset}",
                               f"pass --opset {onnx_io.INT4_MIN_OPSET}, or --bits 8 for an older opset")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise QSchedError(f"guidance_scale must be >= 0, got {self.guidance_scale}", "pass --guidance 0 or more")
+        if self.guidance_scale is not None and not (0 <= self.guidance_scale < float("inf")):
+            raise QSchedError(f"guidance must be a finite number >= 0, got {self.guidance_scale}", "pass e.g. --guidance 1.5, or leave it out for the model's default")
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if value is not None and not 0 < value <= MAX_IMAGE_SIDE:
+                raise QSchedError(f"--{side} must be between 1 and {MAX_IMAGE_SIDE} pixels, got {value}", f"pass --{side} 512, or leave it out for the model's size")
+        if self.seed < 0:
+            raise QSchedError(f"seed must be >= 0, got {self.seed}", "pass --seed 0 or another non-negative integer")
         if self.coefficients is not None:
             self.coefficients.check_steps(self.steps)
         if self.out.exists() and not self.overwrite:
@@ -102,43 +119,49 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class _Calibration:
-    coefficients: QSchedCoefficients
-    guidance_scale: float
+    coefficients: QSchedCoefficients | None  # None: all ones
+    guidance_scale: float | None  # None: the backbone's default
     activation_ranges: dict
+    source: object = None  # the QSchedFile, to check against the loaded model
 
 
-def _read_calibration(config: ExportConfig, scheme, family: str, model_id: str) -> _Calibration:
-    """Coefficients, guidance and activation ranges for `scheme`, checked against the model and steps."""
-    from qsched_export.pipeline import default_guidance
+def _read_calibration(config: ExportConfig, scheme) -> _Calibration:
+    """Coefficients, guidance and activation ranges for `scheme` from `config.coeffs` (read before
+    the model loads: the guidance is a setting of the backbone)."""
     from qsched_export.qsched_file import QSchedFile, read_coefficient_file
 
-    ranges: dict = {}
-    guidance = config.guidance_scale
-    coefficients = config.coefficients
-    if config.coeffs is not None:
-        source = read_coefficient_file(config.coeffs)
-        if isinstance(source, QSchedFile):
-            if source.steps != config.steps:
-                raise QSchedError(f"{config.coeffs} was calibrated for {source.steps} steps, not {config.steps}",
-                                  f"pass --steps {source.steps}, or calibrate for --steps {config.steps}")
-            if source.family != family:
-                raise QSchedError(f"{config.coeffs} was calibrated for the {source.family} sampler, this model uses {family}",
-                                  "pass the qsched.json calibrated for this model")
-            if Path(str(source.model)).name != Path(model_id).name:
-                raise QSchedError(f"{config.coeffs} was calibrated for model {source.model}, not {model_id}",
-                                  "pass the qsched.json calibrated for this model")
-            # fp16 runs the fp32 network at half precision: without its own entry it takes fp32's coefficients.
-            name = "fp32" if scheme.name not in source.schemes and not scheme.quantized and "fp32" in source.schemes else scheme.name
-            entry = source.scheme(name)  # names the calibrated schemes when missing
-            ranges = entry.activation_ranges
-            coefficients = coefficients or entry.coefficients.check_steps(config.steps)
-            guidance = source.guidance_scale if guidance is None else guidance
-        else:
-            coefficients = coefficients or source.check_steps(config.steps)
-    if scheme.static_activations and not ranges:
-        raise QSchedError(f"scheme {scheme.name} needs calibrated activation ranges", "pass --coeffs qsched.json from qsched-export calibrate")
-    return _Calibration(coefficients or QSchedCoefficients.ones(config.steps),
-                        default_guidance(config.model) if guidance is None else float(guidance), ranges)
+    if config.coeffs is None:
+        if scheme.static_activations:
+            raise QSchedError(f"scheme {scheme.name} needs calibrated activation ranges", "pass --coeffs qsched.json from qsched-export calibrate")
+        return _Calibration(config.coefficients, config.guidance_scale, {})
+    source = read_coefficient_file(config.coeffs)
+    if not isinstance(source, QSchedFile):
+        if scheme.static_activations:
+            raise QSchedError(f"scheme {scheme.name} needs calibrated activation ranges, and {config.coeffs} holds coefficients only",
+                              "pass --coeffs qsched.json from qsched-export calibrate")
+        return _Calibration(config.coefficients or source.check_steps(config.steps), config.guidance_scale, {})
+    if source.steps != config.steps:
+        raise QSchedError(f"{config.coeffs} was calibrated for {source.steps} steps, not {config.steps}",
+                          f"pass --steps {source.steps}, or calibrate for --steps {config.steps}")
+    # fp16 runs the fp32 network at half precision: without its own entry it takes fp32's coefficients.
+    name = "fp32" if scheme.name not in source.schemes and not scheme.quantized and "fp32" in source.schemes else scheme.name
+    if scheme.name == "fp32" and name not in source.schemes:
+        # fp32 has nothing to calibrate: it exports the plain sampler (coefficients 1) at the calibrated guidance.
+        return _Calibration(config.coefficients, config.guidance_scale if config.guidance_scale is not None else source.guidance_scale, {}, source)
+    entry = source.scheme(name)  # names the calibrated schemes when missing
+    guidance = source.guidance_scale if config.guidance_scale is None else config.guidance_scale
+    return _Calibration(config.coefficients or entry.coefficients.check_steps(config.steps), guidance, entry.activation_ranges, source)
+
+
+def _check_against(calib: _Calibration, config: ExportConfig, backbone, plan) -> None:
+    """Refuse coefficients calibrated for another model, sampler, guidance or LoRA."""
+    if calib.source is None:
+        return
+    mismatch = calib.source.mismatches(model=backbone.source.id, plan=plan.to_dict(), guidance_scale=backbone.guidance.scale,
+                                       loras=tuple(x.to_dict() for x in backbone.source.loras))
+    if mismatch:
+        raise QSchedError(f"{config.coeffs} was calibrated for another setting ({'; '.join(mismatch)})",
+                          "calibrate for this setting, or pass the options it was calibrated with")
 
 
 def export_artifact(config: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:
@@ -170,66 +193,62 @@ def _replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]) -> None:
-    from qsched_export.pipeline import (
-        SAMPLE_MODEL, UNetDenoiser, decode_latents, draw_noise, encode_prompts, latent_shape, load_pipeline,
-    )
-    from qsched_export.quant import get_scheme, quantize_model, set_activation_ranges
-    from qsched_export.sampler import make_plan
+    from qsched_export.pipeline import draw_noise, open_backbone
+    from qsched_export.quant import get_scheme, set_activation_ranges
 
     scheme = get_scheme(config.scheme)
     form = target_form(scheme)
+    calib = _read_calibration(config, scheme)
     note(f"loading {config.model or 'the embedded sample'}")
-    pipe = load_pipeline(config.model)
-    model_id = config.model or f"samples/{SAMPLE_MODEL.name}"
-    plan = make_plan(pipe.scheduler, config.steps, **({"gamma": config.gamma} if config.gamma is not None else {}))
-    calib = _read_calibration(config, scheme, plan.family, model_id)
-    coeffs = calib.coefficients
+    backbone = open_backbone(config.model, loras=config.loras, guidance=calib.guidance_scale, height=config.height, width=config.width,
+                             negative_prompt=config.negative_prompt, text_length=config.text_length)
+    plan = backbone.plan(config.steps, **({"gamma": config.gamma} if config.gamma is not None else {}))
+    _check_against(calib, config, backbone, plan)
+    coeffs = calib.coefficients or QSchedCoefficients.ones(plan.num_steps)
+    coeffs.check_steps(plan.num_steps)
+    num_cond = len(backbone.COND_NAMES)
 
-    # 1. golden inputs: the prompts, their ids and conditioning, the noise a seed draws
+    # 1. golden inputs: the prompts' ids and conditioning, the noise a seed draws
     prompts = [config.prompt] * config.batch
-    cond = encode_prompts(pipe, prompts, calib.guidance_scale)
-    do_cfg = UNetDenoiser(pipe.unet, calib.guidance_scale).do_cfg
-    negative = ""
-    texts = [negative] * config.batch + prompts if do_cfg else prompts
-    input_ids = pipeline_token_ids(pipe, texts)
-    shape = latent_shape(pipe, config.batch, config.height, config.width)
+    ids = backbone.token_ids(prompts)
+    cond = backbone.encode(prompts)
+    shape = backbone.latent_shape(config.batch)
     latents, noises = draw_noise(plan, shape, torch.Generator().manual_seed(config.seed))
     noise = torch.stack([n for n in noises if n is not None]) if plan.stochastic else None
+    draws = (latents,) + ((noise,) if noise is not None else ())
+    golden = {**{k: v.numpy() for k, v in ids.items()}, **{k: v.numpy() for k, v in cond.tensors.items()}, "latents": latents.numpy()}
+    if noise is not None:
+        golden["noise"] = noise.numpy()
 
     # 2. the PyTorch references, from the very module that is exported, run eagerly: FP32, and the
     # scheme's own numerics (fake-quant / fp16)
     note("running the PyTorch references")
-    golden = {"input_ids": input_ids.numpy(), "context": cond.context.numpy(), "latents": latents.numpy()}
-    draws = (latents,) + ((noise,) if noise is not None else ())
-    if noise is not None:
-        golden["noise"] = noise.numpy()
 
     def reference(name: str, denoise: UnrolledDenoise) -> None:
         with torch.no_grad():
-            final, first = denoise(cond.context, *draws)
-            golden.update({f"{name}/final_latents": final.numpy(), f"{name}/first_latents": first.numpy(),
-                           f"{name}/image": decode_latents(pipe, final).numpy()})
+            final, first = denoise(*cond.tensors.values(), *draws)
+        golden.update({f"{name}/final_latents": final.numpy(), f"{name}/first_latents": first.numpy(),
+                       f"{name}/image": backbone.decode(final).numpy()})
 
-    reference("fp32", UnrolledDenoise(UNetDenoiser(pipe.unet, calib.guidance_scale), plan, coeffs, cond.timestep_cond))
-    # The scheme's model is a copy (fp16 and quantized ones change it); fp32 exports the pipeline's own UNet.
-    unet = copy.deepcopy(pipe.unet) if scheme.quantized or form == FORM_FP16 else pipe.unet
-    report = quantize_model(unet, scheme)
+    note(backbone.describe())
+    reference("fp32", UnrolledDenoise(backbone.denoiser(), plan, coeffs, num_cond))
+    model, report = backbone.scheme_model(scheme)
     if scheme.static_activations:
-        set_activation_ranges(unet, calib.activation_ranges)
-    denoiser: torch.nn.Module = UNetDenoiser(unet, calib.guidance_scale)
-    if form == FORM_FP16:
-        denoiser = HalfPrecision(denoiser)
-    denoise = UnrolledDenoise(denoiser, plan, coeffs, cond.timestep_cond).eval()
+        set_activation_ranges(model, calib.activation_ranges)
+    denoise = UnrolledDenoise(backbone.denoiser(model), plan, coeffs, num_cond).eval()
     if scheme.quantized or form == FORM_FP16:
         reference("fakequant", denoise)
-    exported_layers = swap_for_export(unet, form)  # in place: `denoise` now holds the export layers
+    exported_layers = swap_for_export(model, form)  # in place: `denoise` now holds the export layers
 
     # 3. the graphs
-    jobs = ([("pipeline", FusedPipeline(TextEncoder(pipe.text_encoder), denoise, VaeDecoder(pipe.vae)), (input_ids, *draws), pipeline_io(plan))]
+    symbolics.register()
+    id_args = tuple(ids[r.input_name] for r in backbone.tokenizer_roles())
+    text, decoder = backbone.text_module(), backbone.decoder_module()
+    jobs = ([("pipeline", FusedPipeline(text, denoise, decoder, len(id_args)), id_args + draws, pipeline_io(backbone, plan))]
             if config.fuse else
-            [("text_encoder", TextEncoder(pipe.text_encoder), (input_ids,), TEXT_ENCODER_IO),
-             ("denoise", denoise, (cond.context, *draws), denoise_io(plan)),
-             ("vae_decoder", VaeDecoder(pipe.vae), (latents,), VAE_DECODER_IO)])
+            [("text_encoder", text, id_args, text_io(backbone)),
+             ("denoise", denoise, (*cond.tensors.values(), *draws), denoise_io(backbone, plan)),
+             ("vae_decoder", decoder, (latents,), DECODER_IO)])
     graphs: dict[str, GraphSpec] = {}
     timings: dict[str, float] = {}
     onnx_bytes: dict[str, int] = {}
@@ -237,27 +256,28 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
         note(f"exporting {role}.onnx")
         start = time.perf_counter()
         path = folder / f"{role}.onnx"
-        uses_nbits = form == FORM_NBITS and role in ("denoise", "pipeline")  # only the UNet holds MatMulNBits
-        model = onnx_io.export_module(module.eval(), args, path, in_names, out_names, config.opset, microsoft_ops=uses_nbits)
-        onnx_io.pack_int4_weights(model)
-        onnx_io.save_model(model, path)
-        del model  # the weights live on disk now; an SD-sized graph is GBs in memory
+        uses_nbits = form == FORM_NBITS and role in ("denoise", "pipeline")  # only the backbone model holds MatMulNBits
+        exported = onnx_io.export_module(module.eval(), args, path, in_names, out_names, config.opset, microsoft_ops=uses_nbits)
+        onnx_io.pack_int4_weights(exported)
+        onnx_io.save_model(exported, path)
+        del exported  # the weights live on disk now; an SD-sized graph is GBs in memory
         timings[role] = round(time.perf_counter() - start, 3)
         onnx_io.check_model(path)
         inputs, outputs = onnx_io.io_specs(path)
         graphs[role] = GraphSpec(path.name, {k: TensorSpec(*v) for k, v in inputs.items()}, {k: TensorSpec(*v) for k, v in outputs.items()})
         onnx_bytes[role] = sum(p.stat().st_size for p in folder.glob(f"{role}.onnx*"))
 
-    # 4. tokenizer, golden data, manifest (last: it hashes every other file)
-    note("writing tokenizer, golden data and manifest")
-    tokenizer = write_tokenizer(pipe, folder, texts)
+    # 4. tokenizers, golden data, manifest (last: it hashes every other file)
+    note("writing tokenizers, golden data and manifest")
+    tokenizers = write_tokenizers(backbone, folder, prompts)
     np.savez(folder / "golden.npz", **golden)
     manifest = Manifest(
-        tools=_tool_versions(), model={"id": model_id, "pipeline_class": type(pipe).__name__, "family": plan.family},
-        sampler=plan.to_dict(), steps=plan.num_steps, guidance_scale=calib.guidance_scale, do_cfg=do_cfg, negative_prompt=negative,
-        scheme=scheme.to_dict(), target_form=form, coefficients=coeffs.to_dict(),
-        image=ImageSpec(shape[2] * pipe.vae_scale_factor, shape[3] * pipe.vae_scale_factor, config.batch), latent_shape=shape,
-        opset=config.opset, graphs=graphs, tokenizer=tokenizer,
+        tools=_tool_versions(), model={"id": backbone.source.id, "pipeline_class": type(backbone.pipe).__name__, "backbone": backbone.NAME,
+                                      "family": plan.family},
+        sampler=plan.to_dict(), steps=plan.num_steps, guidance_scale=backbone.guidance.scale, do_cfg=backbone.do_cfg,
+        negative_prompt=config.negative_prompt, scheme=scheme.to_dict(), target_form=form, coefficients=coeffs.to_dict(),
+        image=ImageSpec(backbone.height, backbone.width, config.batch), latent_shape=shape, opset=config.opset, graphs=graphs,
+        tokenizers=tokenizers, loras=tuple(x.to_dict() for x in backbone.source.loras),
         quantization={**report.to_dict(), "exported_layers": exported_layers, "onnx_bytes": onnx_bytes, "export_seconds": timings},
     )
     write_manifest(folder, manifest)

@@ -1,16 +1,18 @@
-"""The torch modules that become the artifact's graphs, each with a fixed I/O contract.
+"""The torch modules that become the artifact's graphs, and their I/O contract.
 
 `UnrolledDenoise` is the heart: its forward runs the N sampler steps in a Python loop, calling
 `qsched_export.sampler.qsched_step` (the same step math calibration uses), so tracing it bakes
-every timestep, divisor, family constant, Q-Sched coefficient and LCM guidance embedding into
-the graph as constants, while the one denoiser module (one set of weights) is called N times.
+every timestep, divisor, family constant, Q-Sched coefficient and the backbone denoiser's constant
+inputs (negative prompt embeddings, guidance embedding, time ids, position ids) into the graph,
+while the one denoiser module (one set of weights) is called N times.
 
-I/O names are the runtime contract (`runtimes/pipeline.py`):
-  text_encoder: input_ids [2B|B, L] int64 -> context [2B|B, L, D]
-  denoise:      context, latents [B,C,h,w] (standard normal), noise [K,B,C,h,w] (if K > 0)
-                -> final_latents, first_latents (the latent after the first step)
-  vae_decoder:  latents [B,C,h,w] -> image [B,3,H,W] in [0, 1]
-  pipeline:     input_ids, latents, noise -> image, first_latents (with --fuse)
+Graph I/O, by name (the runtime feeds every graph from one pool of named tensors, in manifest order):
+  text_encoder: one ids tensor per tokenizer (`input_ids`, `input_ids_2` ...) -> the backbone's
+                conditioning tensors (`context`; `context`, `text_embeds`; `prompt_embeds`, ...)
+  denoise:      the conditioning, `latents` (standard normal, the sampler's start), `noise`
+                `[K, ...]` (stochastic samplers) -> `final_latents`, `first_latents`
+  vae_decoder:  `final_latents` -> `image` `[B, 3, H, W]` in [0, 1]
+  pipeline:     the ids, `latents` (+ `noise`) -> `image`, `first_latents` (with --fuse)
 
 `first_latents` is for the parity check: one denoiser call from the golden inputs, so the runtime
 and PyTorch differ only by that call's rounding. A quantized sampler can amplify a single int8
@@ -22,89 +24,56 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qsched_export.backbones.base import FINAL_LATENTS, FIRST_LATENTS, IMAGE, LATENTS, NOISE
 from qsched_export.sampler import QSchedCoefficients, SamplerPlan, qsched_step
 
-TEXT_ENCODER_IO = (("input_ids",), ("context",))
-VAE_DECODER_IO = (("latents",), ("image",))
+IO = tuple[tuple[str, ...], tuple[str, ...]]
+DECODER_IO: IO = ((FINAL_LATENTS,), (IMAGE,))
 
 
-def denoise_io(plan: SamplerPlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    inputs = ("context", "latents", "noise") if plan.stochastic else ("context", "latents")
-    return inputs, ("final_latents", "first_latents")
+def text_io(backbone) -> IO:
+    return tuple(r.input_name for r in backbone.tokenizer_roles()), tuple(backbone.COND_NAMES)
 
 
-def pipeline_io(plan: SamplerPlan) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    inputs = ("input_ids", "latents", "noise") if plan.stochastic else ("input_ids", "latents")
-    return inputs, ("image", "first_latents")
+def denoise_io(backbone, plan: SamplerPlan) -> IO:
+    draws = (LATENTS, NOISE) if plan.stochastic else (LATENTS,)
+    return tuple(backbone.COND_NAMES) + draws, (FINAL_LATENTS, FIRST_LATENTS)
 
 
-class TextEncoder(nn.Module):
-    """CLIPTextModel -> last_hidden_state, as `StableDiffusionPipeline.encode_prompt` takes it
-    (no attention mask: SD's text encoders are called without one unless their config asks)."""
-
-    def __init__(self, text_encoder: nn.Module):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids, return_dict=False)[0]
-
-
-class VaeDecoder(nn.Module):
-    """latents -> image in [0, 1] with 1/scaling_factor and the pipeline's (x/2 + 0.5).clamp(0, 1) baked in."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.vae = vae
-        self.scaling_factor = float(vae.config.scaling_factor)
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        # Divide as `pipeline.decode_latents` does (not multiply by 1/sf), for the same float32 bits.
-        image = self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
-
-
-class HalfPrecision(nn.Module):
-    """Runs a float16 denoiser inside a float32 sampler: the latent and the step math stay float32
-    (as diffusers' schedulers upcast), only the network runs in float16. This is how the fp16
-    scheme is expressed in the graph itself (fp16 initializers and Casts), which TensorRT's
-    strongly typed networks require."""
-
-    def __init__(self, denoiser: nn.Module):
-        super().__init__()
-        self.denoiser = denoiser.half()
-
-    def forward(self, sample, timestep, context, timestep_cond=None):
-        cond = None if timestep_cond is None else timestep_cond.half()
-        return self.denoiser(sample.half(), timestep, context.half(), cond).float()
+def pipeline_io(backbone, plan: SamplerPlan) -> IO:
+    draws = (LATENTS, NOISE) if plan.stochastic else (LATENTS,)
+    return text_io(backbone)[0] + draws, (IMAGE, FIRST_LATENTS)
 
 
 class UnrolledDenoise(nn.Module):
-    """The few-step sampler, unrolled: initial latent (and per-step noise) -> (final latent, latent after the first step).
+    """The few-step sampler, unrolled: conditioning, initial latent (and per-step noise) ->
+    (final latent, latent after the first step).
 
     Args:
-        denoiser: `UNetDenoiser` (or `HalfPrecision` around one): `(sample, timestep, context, timestep_cond) -> model output`.
+        denoiser: a backbone denoiser, `(sample, timestep, *conditioning) -> model output`.
         plan: the family's per-step constants.
         coefficients: the Q-Sched c^x / c^eps per step, baked in as constants.
-        timestep_cond (`torch.Tensor` of shape `(B, D)`, optional): LCM's guidance embedding, baked in.
+        num_cond: how many conditioning tensors lead the inputs.
     """
 
-    def __init__(self, denoiser: nn.Module, plan: SamplerPlan, coefficients: QSchedCoefficients, timestep_cond: torch.Tensor | None = None):
+    def __init__(self, denoiser: nn.Module, plan: SamplerPlan, coefficients: QSchedCoefficients, num_cond: int):
         super().__init__()
         coefficients.check_steps(plan.num_steps)
         self.denoiser = denoiser
         self.plan = plan
         self.coefficients = coefficients
-        self.register_buffer("timestep_cond", timestep_cond, persistent=False)
+        self.num_cond = num_cond
 
-    def forward(self, context: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         plan = self.plan
+        cond, (latents, *rest) = inputs[:self.num_cond], inputs[self.num_cond:]
+        noise = rest[0] if rest else None
         x = latents * plan.init_noise_sigma
         k = 0
         for i in range(plan.num_steps):
             model_input = x / plan.input_divisors[i] if plan.input_divisors[i] != 1.0 else x
             # A Python float timestep becomes a graph constant; the denoiser broadcasts it over the batch.
-            model_output = self.denoiser(model_input, torch.tensor(plan.timesteps[i]), context, self.timestep_cond)
+            model_output = self.denoiser(model_input, torch.tensor(plan.timesteps[i]), *cond)
             step_noise = None
             if plan.noise_steps[i]:
                 step_noise = noise[k]
@@ -118,12 +87,14 @@ class UnrolledDenoise(nn.Module):
 class FusedPipeline(nn.Module):
     """token ids (+ latents, noise) -> image: the three graphs in one, for small models."""
 
-    def __init__(self, text_encoder: TextEncoder, denoise: UnrolledDenoise, vae_decoder: VaeDecoder):
+    def __init__(self, text: nn.Module, denoise: UnrolledDenoise, decoder: nn.Module, num_ids: int):
         super().__init__()
-        self.text_encoder = text_encoder
+        self.text = text
         self.denoise = denoise
-        self.vae_decoder = vae_decoder
+        self.decoder = decoder
+        self.num_ids = num_ids
 
-    def forward(self, input_ids: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        final, first = self.denoise(self.text_encoder(input_ids), latents, noise)
-        return self.vae_decoder(final), first
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cond = self.text(*inputs[:self.num_ids])
+        final, first = self.denoise(*cond, *inputs[self.num_ids:])
+        return self.decoder(final), first

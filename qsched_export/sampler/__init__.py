@@ -7,6 +7,7 @@ and `step(plan, i, sample, model_output, noise)`. Adding a family touches only i
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -14,12 +15,12 @@ import torch
 
 from qsched_export.errors import QSchedError
 from qsched_export.sampler import euler_a, flow_euler, lcm, tcd
-from qsched_export.sampler.plan import QSchedCoefficients, SamplerPlan
+from qsched_export.sampler.plan import COEFF_RANGE, QSchedCoefficients, SamplerPlan
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (lcm, tcd, euler_a, flow_euler)}
 SCHEDULER_TO_FAMILY: dict[str, str] = {cls: m.NAME for m in FAMILIES.values() for cls in m.SCHEDULER_CLASSES}
 
-__all__ = ["FAMILIES", "QSchedCoefficients", "SamplerPlan", "family_for_scheduler", "get_family", "make_plan", "qsched_step", "sample_loop"]
+__all__ = ["COEFF_RANGE", "FAMILIES", "QSchedCoefficients", "SamplerPlan", "family_for_scheduler", "get_family", "make_plan", "qsched_step", "sample_loop"]
 
 
 def get_family(name: str) -> ModuleType:
@@ -41,7 +42,18 @@ def make_plan(scheduler, num_steps: int, **options) -> SamplerPlan:
     if num_steps < 1:
         raise QSchedError(f"steps must be >= 1, got {num_steps}", "pass --steps 1 or more")
     family = family_for_scheduler(scheduler)
-    return family.plan(scheduler, num_steps, **options)
+    accepted = inspect.signature(family.plan).parameters
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise QSchedError(f"--{unknown[0]} does not apply to the {family.NAME} sampler of this model", f"drop --{unknown[0]}")
+    limit = scheduler.config.get("num_train_timesteps")
+    if limit and num_steps > limit:
+        raise QSchedError(f"steps must be at most the scheduler's {limit} training timesteps, got {num_steps}", "pass a few-step count such as --steps 4")
+    try:
+        return family.plan(scheduler, num_steps, **options)
+    except ValueError as exc:  # the scheduler's own limits (e.g. LCM's original_inference_steps)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QSchedError(f"{type(scheduler).__name__} cannot run {num_steps} steps: {first}", "pass fewer --steps") from None
 
 
 def _per_sample(coeff: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from qsched_export.errors import QSchedError
 from qsched_export.sampler.plan import SamplerPlan
 
 NAME = "euler_a"
@@ -35,7 +36,8 @@ def plan(scheduler, num_steps: int) -> SamplerPlan:
         # scale_model_input: the denoiser sees x / sqrt(sigma^2 + 1)
         divisors.append(((sigma_from**2 + 1) ** 0.5).item())
     if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type given as {scheduler.config.prediction_type} must be one of `epsilon`, or `v_prediction`")
+        raise QSchedError(f"prediction_type given as {scheduler.config.prediction_type} must be one of `epsilon`, or `v_prediction`",
+                          "use a model trained with epsilon or v_prediction, or another scheduler")
     return SamplerPlan(
         family=NAME,
         prediction_type=scheduler.config.prediction_type,

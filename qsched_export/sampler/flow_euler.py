@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import torch
 
+from qsched_export.errors import QSchedError
 from qsched_export.sampler.plan import SamplerPlan
 
 NAME = "flow_euler"
 SCHEDULER_CLASSES = ("FlowMatchEulerDiscreteScheduler",)
 
 
-def plan(scheduler, num_steps: int, mu: float | None = None) -> SamplerPlan:
-    # Dynamic shifting (FLUX-dev, SD3.5) needs mu from the image size; schnell uses none.
-    kwargs = {"mu": mu} if scheduler.config.use_dynamic_shifting else {}
+def plan(scheduler, num_steps: int, mu: float | None = None, sigmas: list[float] | None = None) -> SamplerPlan:
+    """`sigmas`: the schedule a pipeline passes (FluxPipeline: linspace(1, 1/N, N)); `mu`: the shift
+    for the image size, required when the scheduler uses dynamic shifting (FLUX-dev, SD3.5)."""
     if scheduler.config.use_dynamic_shifting and mu is None:
-        raise ValueError("this FlowMatchEulerDiscreteScheduler uses dynamic shifting: pass mu for the image size")
-    scheduler.set_timesteps(num_steps, **kwargs)
+        raise QSchedError("this FlowMatchEulerDiscreteScheduler uses dynamic shifting: it needs mu for the image size",
+                          "sample it through its pipeline's backbone (FluxPipeline computes mu), not with --scheduler")
+    scheduler.set_timesteps(num_steps, sigmas=sigmas, **({"mu": mu} if mu is not None else {}))
     sigmas = scheduler.sigmas
     stochastic = bool(scheduler.config.stochastic_sampling)
     const = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from qsched_export.sampler.plan import SamplerPlan
-from qsched_export.sampler.predictions import predicted_original
+from qsched_export.sampler.predictions import check_prediction_type, predicted_original
 
 NAME = "lcm"
 SCHEDULER_CLASSES = ("LCMScheduler",)
@@ -36,7 +36,7 @@ def plan(scheduler, num_steps: int) -> SamplerPlan:
     n = len(timesteps)
     return SamplerPlan(
         family=NAME,
-        prediction_type=scheduler.config.prediction_type,
+        prediction_type=check_prediction_type(scheduler.config.prediction_type),
         timesteps=tuple(float(t) for t in timesteps),
         input_divisors=(1.0,) * n,
         init_noise_sigma=float(scheduler.init_noise_sigma),

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 
 from qsched_export.errors import QSchedError
 
+# The plausible range of a Q-Sched coefficient. The paper searches ramp starts in about 0.8-1.2;
+# a coefficient of 0 erases the latent or the model output (noise images), a negative one flips it,
+# and 1e30 overflows the step math to NaN. Anything outside [0.25, 4] is a mistake, not a calibration.
+COEFF_RANGE = (0.25, 4.0)
+
 
 @dataclass(frozen=True)
 class SamplerPlan:
@@ -87,10 +92,12 @@ class QSchedCoefficients:
                 f"latent_coeff has {len(self.latent_coeff)} values but output_coeff has {len(self.output_coeff)}",
                 "give one value per step in both vectors",
             )
+        lo, hi = COEFF_RANGE
         for name in ("latent_coeff", "output_coeff"):
-            bad = [v for v in getattr(self, name) if not math.isfinite(v)]
+            bad = [v for v in getattr(self, name) if not (math.isfinite(v) and lo <= v <= hi)]
             if bad:
-                raise QSchedError(f"{name} contains non-finite values {bad}", "use finite coefficients, e.g. 1.0")
+                raise QSchedError(f"{name} holds {bad[0]!r}, outside the plausible range {lo:g}..{hi:g}",
+                                  "use coefficients from qsched-export calibrate (all 1.0 is the plain sampler)")
 
     @property
     def num_steps(self) -> int:

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import torch
 
+from qsched_export.errors import QSchedError
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    """A scheduler config's prediction_type, refused up front if the step math has no case for it."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise QSchedError(f"prediction_type {prediction_type!r} must be one of {', '.join(PREDICTION_TYPES)}",
+                          "use a model trained with one of them, or another scheduler")
+    return prediction_type
 
 
 def predicted_original(prediction_type: str, sample: torch.Tensor, model_output: torch.Tensor, sqrt_alpha: float, sqrt_beta: float) -> torch.Tensor:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from qsched_export.errors import QSchedError
 from qsched_export.sampler.plan import SamplerPlan
-from qsched_export.sampler.predictions import predicted_epsilon, predicted_original
+from qsched_export.sampler.predictions import check_prediction_type, predicted_epsilon, predicted_original
 
 NAME = "tcd"
 SCHEDULER_CLASSES = ("TCDScheduler",)
@@ -19,7 +20,7 @@ DEFAULT_GAMMA = 0.3
 
 def plan(scheduler, num_steps: int, gamma: float = DEFAULT_GAMMA) -> SamplerPlan:
     if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        raise QSchedError(f"gamma must be in [0, 1], got {gamma}", "pass --gamma 0.3 (the TCD authors' value) or 0 (deterministic)")
     scheduler.set_timesteps(num_steps)
     timesteps = scheduler.timesteps
     alphas_cumprod = scheduler.alphas_cumprod
@@ -42,7 +43,7 @@ def plan(scheduler, num_steps: int, gamma: float = DEFAULT_GAMMA) -> SamplerPlan
     n = len(timesteps)
     return SamplerPlan(
         family=NAME,
-        prediction_type=scheduler.config.prediction_type,
+        prediction_type=check_prediction_type(scheduler.config.prediction_type),
         timesteps=tuple(float(t) for t in timesteps),
         input_divisors=(1.0,) * n,
         init_noise_sigma=float(scheduler.init_noise_sigma),

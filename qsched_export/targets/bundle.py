@@ -9,6 +9,7 @@ lines and a README. On the device: `pip install "qsched-export[runtime]"`, then
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -25,25 +26,52 @@ TIMING_CACHE = "tensorrt.timing-cache"
 DEFAULT_WORKSPACE_MIB = 2048
 
 
+# The trtexec flags below, checked against TensorRT 10.3 (JetPack 6.1/6.2), tag v10.3.0 of
+# NVIDIA/TensorRT, samples/common/sampleOptions.cpp (trtexec's option parser and --help text):
+#   https://github.com/NVIDIA/TensorRT/blob/v10.3.0/samples/common/sampleOptions.cpp
+#   --onnx=<file>                  BaseModelOptions::parse
+#   --saveEngine=<file>            "Save the serialized engine" (BuildOptions::parse, as are all below)
+#   --stronglyTyped                "Create a strongly typed network. (default = disabled)"; with it,
+#                                  --fp16/--int8/--int4 are disabled with a warning, so none is passed
+#   --memPoolSize=workspace:<N>    pool "workspace"; a size without a suffix is in MiB
+#   --builderOptimizationLevel=<N> "Valid values include integers from 0 to ... 5" (default 3)
+#   --timingCacheFile=<file>       "Save/load the serialized global timing cache"
+#   --skipInference                "Exit after the engine has been built and skip inference perf measurement"
+# and the trtexec README at the same tag (samples/trtexec/README.md: --stronglyTyped, --skipInference).
+# All seven are still parsed in 11.1 (same file, tag v11.1), where --stronglyTyped is "[Deprecated]
+# Strongly typed network is now enabled by default. This flag is a no-op."
+TRTEXEC_FLAGS = ("--onnx", "--saveEngine", "--stronglyTyped", "--memPoolSize", "--builderOptimizationLevel",
+                 "--timingCacheFile", "--skipInference")
+
+
 def trtexec_lines(manifest: Manifest, workspace_mib: int, builder_optimization_level: int) -> list[str]:
-    """One `trtexec` call per graph, equivalent to the Python builder's settings."""
-    return [f'"$TRTEXEC" --onnx={spec.file} --saveEngine={Path(spec.file).with_suffix(".engine").name} --stronglyTyped '
-            f"--memPoolSize=workspace:{workspace_mib} --builderOptimizationLevel={builder_optimization_level} "
-            f"--timingCacheFile={TIMING_CACHE} --skipInference"
-            for spec in manifest.graphs.values()]
+    """One `trtexec` call per graph, equivalent to the Python builder's settings (tensorrt.py)."""
+    def call(onnx_file: str) -> str:
+        engine = Path(onnx_file).with_suffix(".engine").name
+        args = [f"--onnx={onnx_file}", f"--saveEngine={engine}", "--stronglyTyped", f"--memPoolSize=workspace:{workspace_mib}",
+                f"--builderOptimizationLevel={builder_optimization_level}", f"--timingCacheFile={TIMING_CACHE}", "--skipInference"]
+        return " ".join(['"${TRTEXEC}"', *(shlex.quote(a) for a in args)])  # quoted: file names come from the manifest
+    return [call(spec.file) for spec in manifest.graphs.values()]
 
 
 def build_script(manifest: Manifest, workspace_mib: int, builder_optimization_level: int, bits: int) -> str:
+    """A POSIX sh script (JetPack's /bin/sh is dash), shellcheck-clean; tests lint and run it."""
     return "\n".join([
         "#!/bin/sh",
         "# Build TensorRT engines from this bundle with trtexec. The same build, plus the parity",
         "# check and a manifest the qsched-export runtimes read, is:",
         f"#   qsched-export build --from . --target tensorrt --bits {bits}",
+        "# Flags as TensorRT 10.3's trtexec documents them (JetPack 6.1/6.2).",
         "# TensorRT 11.x is always strongly typed: --stronglyTyped is a deprecated no-op there.",
         "# memPoolSize is in MiB; lower it if the build runs out of memory on the device.",
         "set -eu",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'if [ ! -x "${TRTEXEC}" ]; then',
+        '  echo "build_engine.sh: error: trtexec not found at ${TRTEXEC}; set TRTEXEC=/path/to/trtexec'
+        ' (JetPack installs it in /usr/src/tensorrt/bin)" >&2',
+        "  exit 1",
+        "fi",
         *trtexec_lines(manifest, workspace_mib, builder_optimization_level),
         "",
     ])

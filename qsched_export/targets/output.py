@@ -23,8 +23,9 @@ refuse_existing = check_output_folder
 
 def copy_runtime_files(src: Path, dst: Path, manifest: Manifest) -> None:
     """Copy what every built artifact carries besides its graphs: tokenizer files and golden data."""
-    shutil.copytree(artifact_path(src, manifest.tokenizer.dir), dst / manifest.tokenizer.dir)
-    shutil.copy2(artifact_path(src, manifest.golden), dst / manifest.golden)
+    for rel in manifest.support_files:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(artifact_path(src, rel), dst / rel)
 
 
 def finish(dst: Path, manifest: Manifest, files: dict[str, str], tools: dict[str, str] | None = None, verify: Verify | None = None) -> Manifest:

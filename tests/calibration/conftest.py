@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tiny_judge, onnx_refs
+sys.path.insert(0, str(Path(__file__).parent))  # calibration_cases, onnx_refs
 
-PROMPTS = ["two small red circles on a blue background", "a green square"]
+from calibration_cases import PROMPTS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    from tiny_judge import save_tiny_clip
-    from tiny_models import save_tiny_sd
+    from qsched_export.testing import save_tiny_clip, save_tiny_sd
 
     root = tmp_path_factory.mktemp("calib")
     save_tiny_sd(root / "sd")

@@ -59,7 +59,10 @@ def test_qsched_json_structure(calibrated):
         assert s["prompts"] == ["two small red circles on a blue background", "a green square"] and s["seed"] == 0
         assert s["latent_starts"] == pytest.approx([0.8, 1.0, 1.2]) and s["seconds"] > 0
         assert max(max(r) for r in s["grid_jaq"]) == pytest.approx(e["jaq"]["qsched"]["jaq"])
-    assert len(data["schemes"]["w8a8"]["activation_ranges"]) == 79  # 48 Linear + 31 Conv, input and output amax
+    # One range entry per quantized layer (static int8 input and output amax), and nothing else.
+    quantized = data["schemes"]["w8a8"]["search"]["quantization"]["quantized"]
+    ranges = data["schemes"]["w8a8"]["activation_ranges"]
+    assert sorted(ranges) == sorted(quantized) and all(r["input_amax"] > 0 and r["output_amax"] > 0 for r in ranges.values())
     assert data["schemes"]["w4a8"]["activation_ranges"] == {}  # dynamic activations
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "Q-Sched calibration" in output
@@ -80,7 +83,7 @@ def test_edge_warning_is_one_line(calibrated):
     (["--grid", 1], "grid must be >= 2"),
     (["--range", 1.2, 0.8], "must be below its end"),
     (["--range", -0.5, 1.2], "must be positive"),
-    (["--k", -1], "k must be >= 0"),
+    (["--k", -1], "k must be a finite number >= 0"),
     (["--scheme", "w2a2"], "unknown scheme 'w2a2'"),
     (["--prompts", "MISSING"], "not found"),
     (["--prompts", "EMPTY"], "has no prompts"),
@@ -108,7 +111,7 @@ def test_other_setting_refuses_to_merge(cli, calibrated, tiny_assets):
     out, _, _ = calibrated
     before = out.read_bytes()
     result = cli("--bits", 8, *_common(tiny_assets), "--grid", 3, "--steps", 3, "--guidance", 2, "--no-refine", "--out", out)
-    assert result.exit_code == 1 and "another setting" in result.output and "steps 2 != 3" in result.output
+    assert result.exit_code == 1 and "another setting" in result.output and "2 steps vs 3" in result.output
     assert out.read_bytes() == before
 
 

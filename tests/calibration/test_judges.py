@@ -28,7 +28,7 @@ def test_local_folder_judge_scores(clip):
     assert torch.equal(ClipScoreJudge(clip).score(images, prompts), cos)  # deterministic, text cache reused
     # The weights really came from the folder (a fresh random model would differ).
     import open_clip
-    from tiny_judge import TINY_CLIP_CFG
+    from qsched_export.testing import TINY_CLIP_CFG
 
     torch.manual_seed(123)
     other = open_clip.CLIP(**TINY_CLIP_CFG)

@@ -13,7 +13,7 @@ from qsched_export.quant import (
     DEFAULT_SKIP_PATTERNS, SCHEMES, LayerQuant, QuantConv2d, QuantLinear, Scheme, activation_ranges, get_scheme, observe_ranges, quant_layers, quantize_model,
     scheme_for, set_activation_ranges,
 )
-from tiny_models import tiny_sd_components
+from qsched_export.testing import tiny_sd_components
 
 # The tiny UNet: 4 transformer blocks x (2 attentions x 4 projections + 2 feed-forward) + 8 ResNet
 # time_emb_proj = 48 Linear; 31 Conv2d (5 of them conv_shortcut); kept in float: conv_in, conv_out

@@ -8,28 +8,29 @@ import torch
 from calibration.jaq import JAQ
 from calibration.judges import load_clip
 from calibration.search import Evaluator, SearchSpace, coefficients, edge_message, grid_search
-from conftest import PROMPTS
-from qsched_export.pipeline import UNetDenoiser, decode_latents, denoise_fn, draw_noise, encode_prompts, latent_shape, load_pipeline
-from qsched_export.quant import observe_ranges, quantize_model
-from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop
+from calibration_cases import PROMPTS
+from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
+from qsched_export.quant import observe_ranges
+from qsched_export.sampler import QSchedCoefficients, sample_loop
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_assets):
-    pipe = load_pipeline(str(tiny_assets / "sd"), scheduler="euler_a")  # stochastic: per-step noise must be shared too
-    plan = make_plan(pipe.scheduler, 2)
-    cond = encode_prompts(pipe, PROMPTS, 2.0)
-    latents, noises = draw_noise(plan, latent_shape(pipe, len(PROMPTS), None, None), torch.Generator().manual_seed(0))
-    quantize_model(pipe.unet, "w8a8")
-    with observe_ranges(pipe.unet), torch.no_grad():
-        sample_loop(denoise_fn(UNetDenoiser(pipe.unet, 2.0), cond), plan, latents, noises)
+    backbone = open_backbone(str(tiny_assets / "sd"), scheduler="euler_a", guidance=2.0)  # stochastic: per-step noise must be shared too
+    plan = backbone.plan(2)
+    cond = backbone.encode(PROMPTS)
+    latents, noises = draw_noise(plan, backbone.latent_shape(len(PROMPTS)), torch.Generator().manual_seed(0))
+    model, _ = backbone.scheme_model("w8a8")
+    denoiser = backbone.denoiser(model)
+    with observe_ranges(model), torch.no_grad():
+        sample_loop(denoise_fn(denoiser, cond), plan, latents, noises)
     objective = JAQ.from_clip(load_clip(str(tiny_assets / "judge")), k=2.0)
-    return pipe, plan, cond, latents, noises, objective
+    return backbone, denoiser, plan, cond, latents, noises, objective
 
 
 def _evaluator(setup, batch_size):
-    pipe, plan, cond, latents, noises, objective = setup
-    return Evaluator(UNetDenoiser(pipe.unet, 2.0), lambda x: decode_latents(pipe, x), plan, cond, latents, noises, objective, PROMPTS, batch_size)
+    backbone, denoiser, plan, cond, latents, noises, objective = setup
+    return Evaluator(denoiser, backbone.decode, plan, cond, latents, noises, objective, PROMPTS, batch_size)
 
 
 def test_batched_equals_one_by_one(setup):
@@ -49,13 +50,13 @@ def test_batched_equals_one_by_one(setup):
 
 def test_evaluator_follows_the_sampler(setup):
     """The cached first step and per-candidate coefficients give sample_loop's latents."""
-    pipe, plan, cond, latents, noises, _ = setup
+    _, denoiser, plan, cond, latents, noises, _ = setup
     ev = _evaluator(setup, 64)
     cands = [QSchedCoefficients.ramp((0.9, 1.0), (1.1, 0.95), 2), QSchedCoefficients.ones(2)]
     got = ev.final_latents(cands).reshape(2, len(PROMPTS), *latents.shape[1:])
     for j, c in enumerate(cands):
         with torch.no_grad():
-            ref = sample_loop(denoise_fn(UNetDenoiser(pipe.unet, 2.0), cond), plan, latents, noises, c.latent_coeff, c.output_coeff)
+            ref = sample_loop(denoise_fn(denoiser, cond), plan, latents, noises, c.latent_coeff, c.output_coeff)
         torch.testing.assert_close(got[j], ref, rtol=0, atol=1e-5)
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from calibration.smoothquant import SmoothedLinear, input_channel_amax, smooth_linears, smoothable_linears, smoothquant_unet
+from calibration.smoothquant import SmoothedLinear, input_channel_amax, smooth_linears, smoothable_linears, smoothquant_model
 from qsched_export.errors import QSchedError
 from qsched_export.quant import QuantLinear, observe_ranges, quant_layers, quantize_model
-from tiny_models import tiny_sd_components
+from qsched_export.testing import tiny_sd_components
 
 
 def _outlier_inputs(seed: int, n: int = 256) -> torch.Tensor:
@@ -86,16 +86,16 @@ def test_w8a8_error_is_lower_with_smoothing(mlp):
     assert naive < 27.5 and smooth > 31 and smooth > naive + 4
 
 
-def test_smoothquant_unet_on_the_tiny_pipeline(tiny_assets):
+def test_smoothquant_model_on_the_tiny_pipeline(tiny_assets):
     from calibration.api import CalibrationConfig, prepare
 
     session = prepare(CalibrationConfig(model=str(tiny_assets / "sd"), prompts_file=tiny_assets / "prompts.txt", judge=str(tiny_assets / "judge"),
                                         steps=2, guidance=2.0, progress=False))
-    unet, report = smoothquant_unet(session, "w8a8")
-    plain, plain_report = session.simulated_unet("w8a8")
+    unet, report = smoothquant_model(session, "w8a8")
+    plain, plain_report = session.simulated_model("w8a8")
     linears = [layer for layer in quant_layers(unet).values() if isinstance(layer, QuantLinear)]
     assert len(linears) == sum(isinstance(layer, QuantLinear) for layer in quant_layers(plain).values()) > 0
     assert all(layer.name.endswith(".linear") and layer.input_amax > 0 for layer in linears)
     assert len(report.quantized) == len(plain_report.quantized)
     with pytest.raises(QSchedError, match="keeps Linear inputs in float"):
-        smoothquant_unet(session, "w4a16")
+        smoothquant_model(session, "w4a16")

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from qsched_export.cli import app
 from qsched_export.errors import QSchedError
-from qsched_export.pipeline import generate, load_pipeline, to_pil
+from qsched_export.pipeline import generate, load_pipeline, open_backbone, to_pil
+from qsched_export.sampler import QSchedCoefficients
 
 runner = CliRunner()
 
@@ -30,16 +31,16 @@ def test_generate_writes_png_equal_to_the_python_api(tiny_sd_dir, tmp_path):
     assert result.exit_code == 0, result.output
     written = Image.open(out)
     assert written.size == (16, 16)
-    _, images = generate(load_pipeline(str(tiny_sd_dir)), ["a red circle"], steps=2, guidance_scale=2.0, seed=3)
+    _, images = generate(open_backbone(str(tiny_sd_dir), guidance=2.0), ["a red circle"], steps=2, seed=3)
     assert list(written.getdata()) == list(to_pil(images)[0].getdata())
 
 
 def test_generate_with_coefficients_changes_the_image(tiny_sd_dir, tmp_path):
     coeffs = tmp_path / "c.json"
     coeffs.write_text(json.dumps({"latent_coeff": [0.8, 1.0], "output_coeff": [1.2, 1.0]}))
-    pipe = load_pipeline(str(tiny_sd_dir))
-    base, _ = generate(pipe, ["a red circle"], steps=2, guidance_scale=2.0, seed=3)
-    scaled, _ = generate(pipe, ["a red circle"], steps=2, guidance_scale=2.0, seed=3, latent_coeff=(0.8, 1.0), output_coeff=(1.2, 1.0))
+    backbone = open_backbone(str(tiny_sd_dir), guidance=2.0)
+    base, _ = generate(backbone, ["a red circle"], steps=2, seed=3)
+    scaled, _ = generate(backbone, ["a red circle"], steps=2, seed=3, coefficients=QSchedCoefficients((0.8, 1.0), (1.2, 1.0)))
     assert (base - scaled).abs().max() > 1e-3
     result = runner.invoke(app, ["generate", "--model", str(tiny_sd_dir), "--prompt", "a red circle", "--steps", "2", "--coeffs", str(coeffs), "--out", str(tmp_path / "o.png")])
     assert result.exit_code == 0, result.output
@@ -63,7 +64,8 @@ def test_bad_input_one_line(tiny_sd_dir, tmp_path, args, needles):
 
 @pytest.mark.parametrize("content,needles", [
     ({"latent_coeff": [1.0], "output_coeff": [1.0]}, ["coefficients are for 1 steps but the sampler runs 2"]),
-    ('{"latent_coeff": [NaN, 1.0], "output_coeff": [1.0, 1.0]}', ["non-finite"]),
+    ('{"latent_coeff": [NaN, 1.0], "output_coeff": [1.0, 1.0]}', ["latent_coeff holds nan, outside the plausible range"]),
+    ({"latent_coeff": [0.0, 1.0], "output_coeff": [1.0, 1.0]}, ["latent_coeff holds 0.0, outside the plausible range"]),
     ("{not json", ["is not valid JSON"]),
 ])
 def test_bad_coefficient_files(tiny_sd_dir, tmp_path, content, needles):
@@ -83,18 +85,17 @@ def test_unsupported_scheduler_in_folder(tiny_pipeline_factory):
     folder = tiny_pipeline_factory("DDIMScheduler")
     with pytest.raises(QSchedError, match="unsupported scheduler DDIMScheduler"):
         load_pipeline(str(folder))
-    assert type(load_pipeline(str(folder), scheduler="tcd").scheduler).__name__ == "TCDScheduler"
+    pipe, _ = load_pipeline(str(folder), scheduler="tcd")
+    assert type(pipe.scheduler).__name__ == "TCDScheduler"
 
 
 def test_pickle_weights_are_refused(tmp_path):
     """Safe by default: a folder with only pickled .bin weights does not load."""
     from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
 
-    from tiny_models import tiny_sd_components, write_clip_tokenizer
+    from qsched_export.testing import clip_tokenizer, tiny_sd_components
 
-    write_clip_tokenizer(tmp_path / "tok")
-    pipe = StableDiffusionPipeline(**tiny_sd_components(), tokenizer=CLIPTokenizer.from_pretrained(tmp_path / "tok"),
+    pipe = StableDiffusionPipeline(**tiny_sd_components(), tokenizer=clip_tokenizer(tmp_path / "tok"),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
     with pytest.raises(QSchedError, match="could not load"):
@@ -113,7 +114,7 @@ def test_hub_id_passed_unchanged_without_remote_code(monkeypatch):
     monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", fake_from_pretrained)
     with pytest.raises(QSchedError, match="could not load latent-consistency/lcm-lora-sdv1-5"):
         load_pipeline("latent-consistency/lcm-lora-sdv1-5")
-    assert seen == {"source": "latent-consistency/lcm-lora-sdv1-5", "torch_dtype": torch.float32, "use_safetensors": True, "trust_remote_code": False}
+    assert seen == {"source": "latent-consistency/lcm-lora-sdv1-5", "dtype": torch.float32, "use_safetensors": True, "trust_remote_code": False}
 
 
 def test_version_and_info():

@@ -9,35 +9,22 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from export_cases import FAMILIES, QUANT_CASES, STEPS  # noqa: E402
 from helpers import SCHEMES, write_calibration  # noqa: E402
-
-# family id -> (scheduler class, time_cond_proj_dim, gamma, guidance)
-FAMILIES = {
-    "lcm": ("LCMScheduler", None, None, 2.0),
-    "lcm_cond": ("LCMScheduler", 8, None, 4.0),  # LCM guidance embedding, no CFG
-    "tcd": ("TCDScheduler", None, 0.3, 2.0),  # gamma > 0: a noise input
-    "tcd_det": ("TCDScheduler", None, 0.0, 2.0),  # gamma = 0: deterministic, no noise input
-    "euler_a": ("EulerAncestralDiscreteScheduler", None, None, 2.0),
-}
-STEPS = 2
-
-
-# Quantized schemes are exercised on this family (CFG and a noise input); the others export fp32.
-QUANT_FAMILY = "tcd"
 
 
 @pytest.fixture(scope="session")
-def calibrated(tiny_pipeline_factory, tmp_path_factory):
+def calibrated(tiny_model_factory, tmp_path_factory):
     """`calibrated(family) -> (model_dir, qsched.json)`: fp32 coefficients, plus activation ranges
-    for every scheme on `QUANT_FAMILY`."""
+    for every scheme on `QUANT_CASES`."""
     cache: dict[str, tuple[Path, Path]] = {}
 
     def make(family: str) -> tuple[Path, Path]:
         if family not in cache:
-            scheduler, cond_dim, gamma, guidance = FAMILIES[family]
-            model = tiny_pipeline_factory(scheduler, "epsilon", cond_dim)
+            backbone, components, gamma, guidance = FAMILIES[family]
+            model = tiny_model_factory(backbone, **components)
             qsched = tmp_path_factory.mktemp(f"q-{family}") / "qsched.json"
-            schemes = SCHEMES if family == QUANT_FAMILY else ("fp32",)
+            schemes = SCHEMES if family in QUANT_CASES else ("fp32",)
             cache[family] = (model, write_calibration(model, qsched, steps=STEPS, guidance=guidance, gamma=gamma, schemes=schemes))
         return cache[family]
 

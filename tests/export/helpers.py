@@ -3,7 +3,6 @@ ONNX Runtime runs of an artifact, and error statistics."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -16,52 +15,48 @@ def write_calibration(model_dir: Path, out: Path, *, steps: int = 4, guidance: f
                       schemes=SCHEMES, coefficients=None) -> Path:
     """Observe each scheme's activation ranges on two prompts (as calibration does) and write a
     qsched.json holding them, with ramp coefficients (or `coefficients`)."""
-    from qsched_export.pipeline import UNetDenoiser, denoise_fn, draw_noise, encode_prompts, latent_shape, load_pipeline
+    from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
     from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
-    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges, quantize_model
-    from qsched_export.sampler import QSchedCoefficients, make_plan, sample_loop
+    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges
+    from qsched_export.sampler import QSchedCoefficients, sample_loop
 
-    pipe = load_pipeline(str(model_dir))
-    plan = make_plan(pipe.scheduler, steps, **({"gamma": gamma} if gamma is not None else {}))
+    backbone = open_backbone(str(model_dir), guidance=guidance)
+    plan = backbone.plan(steps, **({"gamma": gamma} if gamma is not None else {}))
     coefficients = coefficients or QSchedCoefficients.ramp((0.95, 1.0), (1.05, 1.0), steps)
     prompts = ["a red circle", "two blue squares"]
-    cond = encode_prompts(pipe, prompts, guidance)
-    latents, noises = draw_noise(plan, latent_shape(pipe, 2, None, None), torch.Generator().manual_seed(1))
+    cond = backbone.encode(prompts)
+    latents, noises = draw_noise(plan, backbone.latent_shape(2), torch.Generator().manual_seed(1))
     entries = {}
     for name in schemes:
         ranges = {}
         if get_scheme(name).static_activations:  # only static int8 activations need observed ranges
-            unet = copy.deepcopy(pipe.unet)
-            quantize_model(unet, get_scheme(name))
-            with torch.no_grad(), observe_ranges(unet):
-                sample_loop(denoise_fn(UNetDenoiser(unet, guidance), cond), plan, latents, noises)
-            ranges = activation_ranges(unet)
+            model, _ = backbone.scheme_model(name)
+            with torch.no_grad(), observe_ranges(model):
+                sample_loop(denoise_fn(backbone.denoiser(model), cond), plan, latents, noises)
+            ranges = activation_ranges(model)
         entries[name] = SchemeEntry(coefficients, activation_ranges=ranges)
-    qfile = QSchedFile(model=str(model_dir), family=plan.family, steps=steps, guidance_scale=guidance, schemes=entries)
+    qfile = QSchedFile(model=str(model_dir), family=plan.family, steps=steps, guidance_scale=guidance, schemes=entries, sampler_plan=plan.to_dict())
     write_qsched(out, qfile)
     return out
 
 
 def run_artifact(artifact: Path) -> dict[str, np.ndarray]:
-    """Run the artifact's graphs on ONNX Runtime CPU with the golden inputs."""
+    """Run the artifact's graphs on ONNX Runtime CPU with the golden inputs, in manifest order,
+    each fed by name (what runtimes/pipeline.py does, written out with plain sessions)."""
     import onnxruntime as ort
 
     from runtimes.manifest import load_manifest
 
     manifest = load_manifest(artifact)
     golden = dict(np.load(artifact / manifest.golden))
-    feeds = {k: golden[k] for k in ("input_ids", "latents", "noise") if k in golden}
-
-    def run(role, inputs) -> dict[str, np.ndarray]:
-        session = ort.InferenceSession(str(artifact / manifest.graph(role).file), providers=["CPUExecutionProvider"])
+    pool = {k: v for k, v in golden.items() if "/" not in k}
+    produced: dict[str, np.ndarray] = {}
+    for spec in manifest.graphs.values():
+        session = ort.InferenceSession(str(artifact / spec.file), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, {i.name: inputs[i.name] for i in session.get_inputs()})))
-
-    if manifest.fused:
-        return {**run("pipeline", feeds), "golden": golden}
-    context = run("text_encoder", feeds)["context"]
-    denoised = run("denoise", {**feeds, "context": context})
-    return {"context": context, **denoised, "image": run("vae_decoder", {"latents": denoised["final_latents"]})["image"], "golden": golden}
+        feeds = {i.name: produced.get(i.name, pool.get(i.name)) for i in session.get_inputs()}
+        produced.update(zip(names, session.run(names, feeds)))
+    return {**produced, "golden": golden}
 
 
 def error_stats(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import QUANT_FAMILY, STEPS
+from export_cases import QUANT_FAMILY, STEPS
 from typer.testing import CliRunner
 
 from qsched_export.cli import app
@@ -66,7 +66,7 @@ def test_coefficients_of_another_model_are_refused(calibrated, tmp_path):
     model, _ = calibrated(QUANT_FAMILY)
     _, other = calibrated("euler_a")
     result = runner.invoke(app, ["export", "--model", str(model), "--coeffs", str(other), "--steps", str(STEPS), "--bits", "32", "--out", str(tmp_path / "a")])
-    _one_line_error(result, "calibrated for the euler_a sampler")
+    _one_line_error(result, "calibrated for another setting (sampler euler_a vs tcd)")
     assert _leftovers(tmp_path) == []
 
 

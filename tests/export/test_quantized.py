@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import QUANT_FAMILY, STEPS
+from export_cases import QUANT_FAMILY, STEPS
 from helpers import error_stats
 
 from runtimes.manifest import load_manifest

@@ -38,7 +38,7 @@ class Cli:
         self.root = root
         # The test's settings (QSCHED_MATRIX_*) and terminal width stay out of the commands' environment.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("QSCHED_MATRIX_") and k != "COLUMNS"}
-        self.env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(TESTS), str(TESTS / "calibration")])
+        self.env["PYTHONPATH"] = str(checkout)
         self._log = open(root / "cli_server.log", "w")
         self._server = subprocess.Popen([sys.executable, str(HERE / "cli_server.py")], cwd=root, env=self.env, text=True,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)

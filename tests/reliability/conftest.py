@@ -46,8 +46,8 @@ def shared(cli, tmp_path_factory) -> Path:
     export, 2 steps), `good` (that export built for onnxruntime), `judge` (a tiny open_clip model),
     `prompts.txt` and `qsched.json` (coefficients for w4a16 only)."""
     root = tmp_path_factory.mktemp("shared")
-    cli.call("tiny_models:save_tiny_sd", root / "model")
-    cli.call("tiny_judge:save_tiny_clip", root / "judge")
+    cli.call("qsched_export.testing:save_tiny_sd", root / "model")
+    cli.call("qsched_export.testing:save_tiny_clip", root / "judge")
     (root / "prompts.txt").write_text("a red circle\ntwo small blue squares\n")
     ones = [1.0] * STEPS
     (root / "qsched.json").write_text(json.dumps({

@@ -185,7 +185,7 @@ CASES = [
     Case("run: --out x.gif", (*RUN, "--out", "{work}/x.gif"), 1, "end the path in one of .png, .jpg, .jpeg, .webp"),
     Case("run: --out x.jpg", (*RUN, "--out", "{work}/x.jpg"), 0, "wrote", writes=("x.jpg",)),
     Case("run: long prompt is cut with a warning", ("run", "--artifact", "{good}", "--prompt", "two small red circles on a blue background " * 3,
-                                                     "--out", "{work}/long.png"), 0, "the rest is dropped", writes=("long.png",)),
+                                                     "--out", "{work}/long.png"), 0, "those are dropped", writes=("long.png",)),
     Case("run: manifest shapes do not match the graphs", ("run", "--artifact", "{bad}", "--prompt", "hi", "--out", "{work}/r.png"), 1,
          "could not run denoise.onnx", damage="latent shape wrong", forbid=None),
 ]

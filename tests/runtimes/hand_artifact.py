@@ -32,8 +32,8 @@ def _model(nodes, inputs, outputs, inits, opset=21):
 
 
 def text_encoder(rng) -> onnx.ModelProto:
-    return _model([helper.make_node("Gather", ["embedding", "input_ids"], ["last_hidden_state"], name="embed")],
-                  [("input_ids", TensorProto.INT64, [2, L])], [("last_hidden_state", TensorProto.FLOAT, [2, L, D])],
+    return _model([helper.make_node("Gather", ["embedding", "input_ids"], ["context"], name="embed")],
+                  [("input_ids", TensorProto.INT64, [1, L])], [("context", TensorProto.FLOAT, [1, L, D])],
                   {"embedding": rng.standard_normal((80, D)).astype(np.float32)})
 
 
@@ -67,7 +67,7 @@ def denoise(rng, quantized: bool) -> onnx.ModelProto:
                   helper.make_node("Add", [f"ax{k}", "cond_b"], [f"t{k}"], name=f"t{k}"),
                   helper.make_node("Add", [f"t{k}", f"sz{k}"], [_step_output(k)], name=f"step{k}")]
         x = _step_output(k)
-    return _model(nodes, [("context", TensorProto.FLOAT, [2, L, D]), ("latents", TensorProto.FLOAT, [1, C, h, h]),
+    return _model(nodes, [("context", TensorProto.FLOAT, [1, L, D]), ("latents", TensorProto.FLOAT, [1, C, h, h]),
                           ("noise", TensorProto.FLOAT, [STEPS, 1, C, h, h])],
                   [("final_latents", TensorProto.FLOAT, [1, C, h, h]), ("first_latents", TensorProto.FLOAT, [1, C, h, h])], inits)
 
@@ -77,15 +77,15 @@ def _step_output(k: int) -> str:
 
 
 def vae_decoder(rng) -> onnx.ModelProto:
-    return _model([helper.make_node("Conv", ["latents", "w"], ["c"], name="to_rgb"),
+    return _model([helper.make_node("Conv", ["final_latents", "w"], ["c"], name="to_rgb"),
                    helper.make_node("Resize", ["c", "", "scales"], ["up"], name="upsample", mode="nearest"),
                    helper.make_node("Sigmoid", ["up"], ["image"], name="to_unit")],
-                  [("latents", TensorProto.FLOAT, [1, C, h, h])], [("image", TensorProto.FLOAT, [1, 3, H, H])],
+                  [("final_latents", TensorProto.FLOAT, [1, C, h, h])], [("image", TensorProto.FLOAT, [1, 3, H, H])],
                   {"w": rng.standard_normal((3, C, 1, 1)).astype(np.float32), "scales": np.array([1, 1, 2, 2], np.float32)})
 
 
 def write_tokenizer(folder: Path) -> TokenizerSpec:
-    from tiny_models import write_clip_tokenizer
+    from qsched_export.testing import write_clip_tokenizer
     from transformers import CLIPTokenizerFast
 
     write_clip_tokenizer(folder / "_slow", max_length=L)
@@ -95,7 +95,7 @@ def write_tokenizer(folder: Path) -> TokenizerSpec:
     import shutil
 
     shutil.rmtree(folder / "_slow")
-    return TokenizerSpec("tokenizer", "tokenizer.json", L, fast.pad_token_id, fast.bos_token_id, fast.eos_token_id)
+    return TokenizerSpec("tokenizer", "input_ids", "tokenizer", "tokenizer.json", L, fast.pad_token_id, fast.bos_token_id, fast.eos_token_id)
 
 
 def _run(model: onnx.ModelProto, feeds: dict, output: int = 0) -> np.ndarray:
@@ -118,7 +118,7 @@ def make_artifact(folder: Path, *, quantized: bool = True) -> Path:
               for vs in (model.graph.input, model.graph.output)]
         specs[role] = GraphSpec(f"{role}.onnx", *io)
     tok = write_tokenizer(folder)
-    ids = PromptTokenizer(folder, tok).ids(["", *PROMPTS])
+    ids = PromptTokenizer(folder, tok).ids(PROMPTS)
     latents = rng.standard_normal((1, C, h, h), dtype=np.float32)
     noise = rng.standard_normal((STEPS, 1, C, h, h), dtype=np.float32)
     context = _run(graphs["text_encoder"], {"input_ids": ids})
@@ -126,13 +126,13 @@ def make_artifact(folder: Path, *, quantized: bool = True) -> Path:
     for ref, model in (("fakequant", graphs["denoise"]), ("fp32", denoise(np.random.default_rng(1), False))):
         final, first = (_run(model, {"context": context, "latents": latents, "noise": noise}, k) for k in (0, 1))
         golden[f"{ref}/final_latents"], golden[f"{ref}/first_latents"] = final, first
-        golden[f"{ref}/image"] = _run(graphs["vae_decoder"], {"latents": final})
+        golden[f"{ref}/image"] = _run(graphs["vae_decoder"], {"final_latents": final})
     np.savez(folder / "golden.npz", **golden)
     scheme = {"name": "w8a8", "weight_bits": 8, "act_bits": 8} if quantized else {"name": "fp32", "weight_bits": None}
     manifest = Manifest(
-        tools={"qsched_export": "test"}, model={"id": "hand-made", "pipeline_class": "none", "family": "euler_a"}, sampler={},
+        tools={"qsched_export": "test"}, model={"id": "hand-made", "pipeline_class": "none", "backbone": "sd", "family": "euler_a"}, sampler={},
         steps=STEPS, guidance_scale=2.0, do_cfg=True, scheme=scheme, target_form="qdq" if quantized else "fp32",
         coefficients={"latent_coeff": [1.0] * STEPS, "output_coeff": [1.0] * STEPS}, image=ImageSpec(H, H, 1),
-        latent_shape=(1, C, h, h), opset=21, graphs=specs, tokenizer=tok)
+        latent_shape=(1, C, h, h), opset=21, graphs=specs, tokenizers=(tok,))
     write_manifest(folder, manifest)
     return folder

@@ -18,14 +18,14 @@ from runtimes.tokenizer import PromptTokenizer
 
 
 def test_tokenizer_ids_equal_clip_tokenizer(tmp_path, hand_artifact):
-    from tiny_models import write_clip_tokenizer
+    from qsched_export.testing import write_clip_tokenizer
     from transformers import CLIPTokenizer
 
     write_clip_tokenizer(tmp_path, max_length=L)
     slow = CLIPTokenizer.from_pretrained(tmp_path)
     texts = ["", "a red circle", "Two  SMALL blue squares, on a green background!!", "x" * 40]
     expected = slow(texts, padding="max_length", max_length=L, truncation=True).input_ids
-    ids = PromptTokenizer(hand_artifact, load_manifest(hand_artifact).tokenizer).ids(texts)
+    ids = PromptTokenizer(hand_artifact, load_manifest(hand_artifact).tokenizers[0]).ids(texts)
     assert ids.dtype == np.int64 and ids.tolist() == expected
 
 
@@ -33,7 +33,7 @@ def test_golden_ids_and_parity(hand_artifact, tmp_path):
     art = shutil.copytree(hand_artifact, tmp_path / "a")
     pipe = Text2ImagePipeline(art)
     golden = np.load(art / "golden.npz")
-    assert np.array_equal(pipe.input_ids(PROMPTS), golden["input_ids"])  # negative "" first (CFG)
+    assert np.array_equal(pipe.input_ids(PROMPTS)["input_ids"], golden["input_ids"])  # the positive prompt: the negative one is baked in
     report = check_artifact(art)
     assert report.passed and report.summary == "PASSED | onnxruntime (CPUExecutionProvider)"
     fq = {c.reference: c.stats for c in report.comparisons if c.output == "final_latents"}
@@ -81,7 +81,7 @@ def test_unavailable_provider_names_the_available_ones(hand_artifact):
 
 def test_wrong_feeds_are_named(hand_artifact):
     runner = OrtRunner(hand_artifact / "vae_decoder.onnx")
-    with pytest.raises(RunnerError, match=r"missing \['latents'\], unexpected \['x'\]"):
+    with pytest.raises(RunnerError, match=r"missing \['final_latents'\], unexpected \['x'\]"):
         runner.run({"x": np.zeros((1, 4, 4, 4), np.float32)})
 
 

@@ -17,10 +17,17 @@ def test_ramp_is_linspace():
     assert QSchedCoefficients.ramp((0.9, 1.0), (1.1, 1.0), 1).latent_coeff == (0.9,)
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_coefficients_rejected(bad):
-    with pytest.raises(QSchedError, match="non-finite"):
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -1.0, 0.2, 4.5, 1e30])
+def test_implausible_coefficients_rejected(bad):
+    with pytest.raises(QSchedError, match="outside the plausible range 0.25..4"):
         QSchedCoefficients((1.0, bad), (1.0, 1.0))
+    with pytest.raises(QSchedError, match="output_coeff holds"):
+        QSchedCoefficients((1.0, 1.0), (bad, 1.0))
+
+
+@pytest.mark.parametrize("edge", [0.25, 4.0])
+def test_range_edges_accepted(edge):
+    assert QSchedCoefficients((edge,), (edge,)).num_steps == 1
 
 
 def test_length_mismatch_rejected():

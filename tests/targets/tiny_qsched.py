@@ -4,34 +4,32 @@ build tests need."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-GUIDANCE = 2.0  # > 1: classifier-free guidance, so the text encoder runs on [negative; prompt]
+import torch
+
+GUIDANCE = 2.0  # > 1: classifier-free guidance against the baked negative prompt
 STEPS = 2
 
 
-def write_qsched(model_dir: Path, path: Path, schemes: tuple[str, ...] = ("w8a8", "w4a16", "w4a8")) -> Path:
-    from qsched_export.pipeline import generate, load_pipeline
+def write_qsched(model_dir: Path, path: Path, schemes: tuple[str, ...] = ("w8a8", "w4a16", "w4a8"), guidance: float = GUIDANCE) -> Path:
+    from qsched_export.pipeline import denoise_fn, draw_noise, open_backbone
     from qsched_export.qsched_file import QSchedFile, SchemeEntry, write_qsched
-    from qsched_export.quant import get_scheme, observe_ranges, quantize_model
-    from qsched_export.quant import activation_ranges as ranges_of
-    from qsched_export.sampler import QSchedCoefficients, make_plan
+    from qsched_export.quant import activation_ranges, get_scheme, observe_ranges
+    from qsched_export.sampler import QSchedCoefficients, sample_loop
 
-    pipe = load_pipeline(str(model_dir))
-    float_unet = pipe.unet
+    backbone = open_backbone(str(model_dir), guidance=guidance)
+    plan = backbone.plan(STEPS)
+    cond = backbone.encode(["a red circle"])
+    latents, noises = draw_noise(plan, backbone.latent_shape(1), torch.Generator().manual_seed(0))
     entries = {}
     for name in schemes:
-        unet = copy.deepcopy(float_unet)
-        quantize_model(unet, name)
         ranges = {}
         if get_scheme(name).static_activations:
-            pipe.unet = unet
-            with observe_ranges(unet):
-                generate(pipe, ["a red circle"], steps=STEPS, guidance_scale=GUIDANCE, seed=0)
-            ranges = ranges_of(unet)
-            pipe.unet = float_unet
+            model, _ = backbone.scheme_model(name)
+            with torch.no_grad(), observe_ranges(model):
+                sample_loop(denoise_fn(backbone.denoiser(model), cond), plan, latents, noises)
+            ranges = activation_ranges(model)
         entries[name] = SchemeEntry(QSchedCoefficients.ramp((0.98, 1.0), (0.95, 1.0), STEPS), activation_ranges=ranges)
-    family = make_plan(pipe.scheduler, STEPS).family
-    write_qsched(path, QSchedFile(str(model_dir), family, STEPS, GUIDANCE, entries))
+    write_qsched(path, QSchedFile(str(model_dir), plan.family, STEPS, guidance, entries, plan.to_dict()))
     return path

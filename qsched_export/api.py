@@ -1,0 +1,313 @@
+"""The Python API under the CLI: `build(BuildConfig)` and `bundle(BundleConfig)`, with
+`export_artifact(ExportConfig)` (qsched_export.export) and `calibrate(CalibrationConfig)`
+(calibration.api) beside them. Each CLI command maps its options onto one config and calls one
+function, as Optimum's `main_export` does; the orchestration (find or calibrate coefficients,
+export, build, check) lives here.
+
+Layering (one way, tested in tests/cli/test_layering.py): runtimes/ <- qsched_export's core
+(sampler, quant, backbones, export, targets) <- calibration/ <- this module and the CLI. Only
+this layer may reach calibration, and only when a scheme still needs calibrating.
+
+`build` writes nothing over the previous artifact until the new one passed its parity check (or,
+with `check=False`, was built): the target builds into a staging folder beside `out`, parity runs
+and `sample.png` is written there, and only then does the staging folder replace `out`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from qsched_export import outputs
+from qsched_export.errors import QSchedError
+from qsched_export.lora import LoraSpec
+
+Progress = Callable[[str], None]
+BITS = (4, 8, 16, 32)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """One build.
+
+    Args:
+        target: `tensorrt`, `onnxruntime` or `ort-mobile`.
+        bits: 8, 4, 16 or 32; the scheme it means depends on the target (`quant.scheme_for`).
+        model: diffusers folder or hub id (None = the embedded sample). loras: LoRAs fused first.
+        coeffs: qsched.json (None = the model folder's own, else `out/<model>.qsched.json`; a
+            missing scheme is calibrated into it).
+        steps: sampler steps (None = the qsched.json's, else 4). opset: None = the exporter's default.
+        from_bundle: build from an exported artifact or bundle instead (torch-free).
+        out: the built folder (None = `out/<model>-<target>-<scheme>`). overwrite: replace it.
+        workspace_mib, builder_level: TensorRT builder settings. provider: ONNX Runtime execution
+            provider for optimizing and checking. check: run the parity check.
+        prompt, seed: sample.png's prompt and seed (None = the golden prompt and noise).
+    """
+
+    target: str
+    bits: int = 8
+    model: str | None = None
+    coeffs: Path | None = None
+    steps: int | None = None
+    opset: int | None = None
+    from_bundle: Path | None = None
+    out: Path | None = None
+    overwrite: bool = False
+    workspace_mib: int | None = None
+    builder_level: int = 3
+    provider: str = "cpu"
+    check: bool = True
+    prompt: str | None = None
+    seed: int = 0
+    loras: tuple[LoraSpec, ...] = ()
+
+    def validate(self) -> "BuildConfig":
+        if self.bits not in BITS:
+            raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {self.bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
+        if self.steps is not None and self.steps < 1:
+            raise QSchedError(f"steps must be >= 1, got {self.steps}", "pass --steps 4")
+        if self.seed < 0:
+            raise QSchedError(f"seed must be >= 0, got {self.seed}", "pass --seed 0 or another non-negative integer")
+        if self.prompt is not None and not self.prompt.strip():
+            raise QSchedError("empty prompt", "pass a non-empty --prompt, or leave it out for the golden prompt")
+        if self.from_bundle is not None and (self.model is not None or self.loras or self.coeffs is not None):
+            raise QSchedError("--from builds an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
+        return self
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    scheme: str
+    parity: object | None  # runtimes.parity.ParityReport, None with check=False
+    image: Path | None  # sample.png in `out`; None when parity failed (nothing was kept)
+    image_seconds: float
+    runtime: str
+    coefficients: Path | None = None  # the qsched.json used (None: all ones, or --from)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.parity is None or self.parity.passed
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """A TensorRT bundle to build on a Jetson: the options of `BuildConfig` that apply to it, and
+    `from_artifact` (an exported artifact to bundle instead of exporting)."""
+
+    bits: int = 8
+    model: str | None = None
+    coeffs: Path | None = None
+    steps: int | None = None
+    opset: int | None = None
+    from_artifact: Path | None = None
+    out: Path | None = None
+    overwrite: bool = False
+    workspace_mib: int | None = None
+    builder_level: int = 3
+    loras: tuple[LoraSpec, ...] = ()
+
+    def validate(self) -> "BundleConfig":
+        if self.bits not in BITS:
+            raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {self.bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
+        if self.from_artifact is not None and (self.model is not None or self.loras or self.coeffs is not None):
+            raise QSchedError("--from bundles an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
+        return self
+
+
+def manifest_bits(scheme: dict) -> int:
+    """`--bits` as a manifest's scheme expresses it (weight bits, else the float width)."""
+    return scheme.get("weight_bits") or (16 if scheme.get("float_dtype") == "float16" else 32)
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Where a scheme's coefficients come from: the qsched.json (None: all ones) and the step count."""
+
+    path: Path | None
+    steps: int
+
+
+def qsched_candidates(model: str | None, coeffs: Path | None) -> list[Path]:
+    """Where a model's qsched.json is looked for, in order: `--coeffs`, else the model folder's own,
+    else `out/<model>.qsched.json` (outputs.py); only the existing ones."""
+    from qsched_export.pipeline import resolve_model
+
+    if coeffs is not None:
+        if coeffs.is_dir():
+            raise QSchedError(f"--coeffs {coeffs} is a folder", "pass the qsched.json file itself")
+        if not coeffs.exists():
+            raise QSchedError(f"coefficient file {coeffs} not found", "pass an existing qsched.json, or leave --coeffs out")
+        return [coeffs]
+    return [p for p in (Path(resolve_model(model)) / "qsched.json", outputs.qsched_path(model)) if p.is_file()]
+
+
+def find_coefficients(model: str | None, coeffs: Path | None, scheme: str, steps: int | None, loras: tuple[LoraSpec, ...] = (),
+                      progress: Progress = _quiet) -> Coefficients:
+    """The qsched.json holding `scheme` for this model (`qsched_candidates`). A missing scheme is
+    calibrated into `--coeffs` or `out/<model>.qsched.json` (never into the model folder). fp32 has
+    nothing to calibrate: it exports all coefficients 1, at the guidance of a qsched.json found."""
+    from qsched_export.qsched_file import read_qsched
+
+    found = [(path, read_qsched(path)) for path in qsched_candidates(model, coeffs)]
+    for path, qfile in found:
+        if scheme in qfile.schemes:
+            return Coefficients(path, steps or qfile.steps)
+    if scheme == "fp32":
+        return Coefficients(found[0][0], steps or found[0][1].steps) if found else Coefficients(None, steps or 4)
+    from calibration.api import CalibrationConfig, calibrate
+
+    target = coeffs or outputs.qsched_path(model)
+    progress(f"scheme {scheme} is not calibrated yet: calibrating it into {target}")
+    calibrate(CalibrationConfig(model=model, schemes=(scheme,), steps=steps or 4, out=target, loras=loras).validate(), progress)
+    return Coefficients(target, steps or read_qsched(target).steps)
+
+
+@contextlib.contextmanager
+def _exported(out: Path, model: str | None, scheme: str, coefficients: Coefficients, opset: int | None, loras: tuple[LoraSpec, ...],
+              progress: Progress) -> Iterator[Path]:
+    """Export into a scratch folder beside `out` (same filesystem, removed on exit) and yield the artifact."""
+    from qsched_export.export import ExportConfig, export_artifact
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as scratch:
+        config = ExportConfig(out=Path(scratch) / "onnx", model=model, scheme=scheme, coeffs=coefficients.path, steps=coefficients.steps,
+                              loras=loras, **({"opset": opset} if opset is not None else {}))
+        yield export_artifact(config, progress=progress)
+
+
+def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
+    """Export (or take `from_bundle`) an artifact, build it for the target, check parity, write
+    sample.png, and only then replace `out`."""
+    from qsched_export.targets import BuildOptions
+    from qsched_export.targets import build as build_target
+    from qsched_export.targets.output import refuse_existing
+
+    config.validate()
+    providers = (config.provider,)
+    options = BuildOptions(config.target, outputs.OUT_ROOT, workspace_mib=config.workspace_mib,
+                           builder_optimization_level=config.builder_level, providers=providers)
+    if config.from_bundle is not None:
+        from runtimes.manifest import load_manifest
+
+        manifest = load_manifest(config.from_bundle)  # verifies every sha256 before anything runs
+        scheme = str(manifest.scheme.get("name"))
+        if manifest_bits(manifest.scheme) != config.bits:
+            have = manifest_bits(manifest.scheme)
+            raise QSchedError(f"{config.from_bundle} holds scheme {scheme} (--bits {have}), not --bits {config.bits}",
+                              f"pass --bits {have}, or bundle --bits {config.bits} on the workstation")
+        out = config.out or outputs.build_dir(str(manifest.model.get("id")), config.target, scheme)
+        refuse_existing(out, config.overwrite)
+        progress(f"building {config.target} from {config.from_bundle}: scheme {scheme}, {manifest.steps} steps")
+        with _staged(out, config.overwrite) as stage:
+            build_target(config.from_bundle, replace(options, out_dir=stage))
+            return _finish(stage, out, config, scheme, None)
+    from qsched_export.quant import scheme_for
+
+    scheme = scheme_for(config.target, config.bits)
+    out = config.out or outputs.build_dir(config.model, config.target, scheme.name)
+    refuse_existing(out, config.overwrite)
+    if config.target == "tensorrt":
+        from qsched_export.targets.tensorrt import import_tensorrt
+
+        import_tensorrt()  # before a long export: say now that it cannot be built here
+    progress(f"building {config.target} with scheme {scheme.name} ({describe_scheme(scheme)})")
+    coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
+    start = time.perf_counter()
+    with _exported(out, config.model, scheme.name, coefficients, config.opset, config.loras, progress) as artifact:
+        progress(f"exported in {time.perf_counter() - start:.1f} s (coefficients: {coefficients.path or 'all ones'})")
+        with _staged(out, config.overwrite) as stage:
+            build_target(artifact, replace(options, out_dir=stage))
+            return _finish(stage, out, config, scheme.name, coefficients.path)
+
+
+@contextlib.contextmanager
+def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh path inside a staging folder beside `out` for the target to build into; `_finish`
+    moves it over `out` once it passed. Anything that goes wrong leaves `out` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.stage-", dir=out.parent) as staging:
+        yield Path(staging) / out.name
+
+
+def _finish(stage: Path, out: Path, config: BuildConfig, scheme: str, coefficients: Path | None) -> BuildResult:
+    """Check parity (unless skipped) and write sample.png in the staged build, then replace `out`
+    with it (only when parity passed, or was skipped)."""
+    from runtimes.parity import check_artifact, load_golden
+    from runtimes.pipeline import Text2ImagePipeline, save_png
+
+    report = check_artifact(stage, (config.provider,), raise_on_failure=False) if config.check else None
+    pipe = Text2ImagePipeline(stage, (config.provider,))
+    start = time.perf_counter()
+    if config.prompt is None:
+        # The golden prompt and noise: the very image the parity table compared.
+        golden = load_golden(stage / pipe.manifest.golden)
+        image = pipe.run({name: golden[name] for name in pipe.input_names}).image
+    else:
+        image = pipe([config.prompt] * pipe.batch, seed=config.seed).image
+    seconds = time.perf_counter() - start
+    save_png(image[0], stage / "sample.png")
+    result = BuildResult(out, scheme, report, out / "sample.png", seconds, pipe.description, coefficients)
+    if not result.passed:
+        # The failed build is not kept, and the previous artifact stays where it was.
+        return replace(result, image=None)
+    _replace(stage, out, config.overwrite)
+    return result
+
+
+def _replace(new: Path, out: Path, overwrite: bool) -> None:
+    import os
+    import shutil
+
+    if out.exists():
+        if not overwrite:
+            raise QSchedError(f"output folder {out} already exists", "pass --overwrite to replace it, or another --out")
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / out.name)
+        os.replace(new, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+def bundle(config: BundleConfig, progress: Progress = _quiet) -> Path:
+    """Package the TensorRT form (ONNX, manifest, golden data, tokenizers, build_engine.sh, README) to build on a Jetson."""
+    from qsched_export.targets.bundle import make_bundle
+    from qsched_export.targets.options import BuildOptions
+    from qsched_export.targets.output import refuse_existing
+
+    config.validate()
+    BuildOptions("tensorrt", outputs.OUT_ROOT, workspace_mib=config.workspace_mib, builder_optimization_level=config.builder_level)  # validates
+    kwargs = {"bits": config.bits, "overwrite": config.overwrite, "workspace_mib": config.workspace_mib,
+              "builder_optimization_level": config.builder_level}
+    if config.from_artifact is not None:
+        out = config.out or outputs.OUT_ROOT / f"{config.from_artifact.name}-bundle"
+        refuse_existing(out, config.overwrite)
+        return make_bundle(config.from_artifact, out, **kwargs)
+    from qsched_export.quant import scheme_for
+
+    scheme = scheme_for("tensorrt", config.bits)
+    out = config.out or outputs.bundle_dir(config.model, scheme.name)
+    refuse_existing(out, config.overwrite)
+    progress(f"bundling tensorrt with scheme {scheme.name} ({describe_scheme(scheme)})")
+    coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
+    with _exported(out, config.model, scheme.name, coefficients, config.opset, config.loras, progress) as artifact:
+        return make_bundle(artifact, out, **kwargs)
+
+
+def describe_scheme(scheme) -> str:
+    def layer(kind: str, spec) -> str:
+        if spec is None:
+            return f"{kind} {scheme.float_dtype}"
+        acts = "float" if spec.act_bits is None else f"{spec.act_mode} int{spec.act_bits}"
+        return f"{kind} int{spec.weight_bits} weights, {acts} activations"
+    return f"{layer('Linear', scheme.linear)}; {layer('Conv', scheme.conv)}"
