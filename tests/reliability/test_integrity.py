@@ -51,7 +51,7 @@ def test_artifact_path_follows_links_only_inside(tmp_path):
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["graphs"]["denoise"].update(file="../denoise.onnx"), "'../denoise.onnx' is not a relative path"),
     (lambda d: d.update(golden="/tmp/golden.npz"), "'/tmp/golden.npz' is not a relative path"),
-    (lambda d: d["tokenizer"].update(dir="../tokenizer"), "'../tokenizer/tokenizer.json' is not a relative path"),
+    (lambda d: d["tokenizers"][0].update(dir="../tokenizer"), "'../tokenizer/tokenizer.json' is not a relative path"),
     (lambda d: d["files"].update({"../../etc/passwd": "0" * 64}), "'../../etc/passwd' is not a relative path"),
     (lambda d: d.update(files=None), "'files' must map each path to its sha256, got null"),
     (lambda d: d.update(files=["golden.npz"]), "got list"),

@@ -42,6 +42,10 @@ def _params():
             if command == "export" and name == "SIGKILL":
                 marks = [pytest.mark.xfail(strict=True, reason="lead: export/api.py writes through runtimes.files.staged_dir, so the "
                                                                "next command's clean_stale removes what a killed export left")]
+            if command == "build" and name == "SIGKILL":
+                marks = [pytest.mark.xfail(strict=True, reason="lead: qsched_export/api.py _staged/_replace (tempfile '.<out>.stage-') "
+                                                               "become runtimes.files.staged_dir with the targets' verify= hook, so "
+                                                               "clean_stale removes what a killed build left")]
             yield pytest.param(command, name, id=f"{command}-{name}", marks=marks)
 
 
@@ -73,16 +77,18 @@ def test_killed_while_writing(command, signal_name, cli, shared, tmp_path):
     assert _hidden(work) == [] and sorted(p.name for p in work.iterdir()) == ["kept", "next"]
 
 
-@pytest.mark.xfail(strict=True, reason="lead: cli/build.py builds through the targets' verify= hook (parity inside the staging "
-                                       "folder), so no artifact is ever in place without parity.json")
 def test_killed_right_after_built_leaves_no_artifact_without_parity(cli, shared, tmp_path):
+    """Killed once the target's build returned, before the parity check: the output in place is the
+    previous artifact, or one that carries its parity.json, never a build without it."""
     work = tmp_path / "work"
     work.mkdir()
-    kept = copy_into(shared / "good", work / "kept")
+    kept = copy_into(shared / "good", work / "kept")  # copied with its files' times: a new manifest is newer
     before = snapshot(kept)
+    start_ns = max(p.stat().st_mtime_ns for p in kept.rglob("*"))
     argv = ["build", "--from", shared / "exported", "--target", "onnxruntime", "--bits", "32", "--out", kept, "--overwrite"]
     running = cli.start([str(a) for a in argv], cwd=work, pause="qsched_export.targets.onnxruntime:build")
-    wait_for(lambda: snapshot(kept) != before, "the build to put its output in place", running=running)
+    wait_for(lambda: any(p.stat().st_mtime_ns > start_ns for p in work.rglob("manifest.json")), "the built artifact's manifest",
+             running=running)
     running.signal(signal.SIGTERM)
     assert running.wait().exit == 130
     assert snapshot(kept) == before or (kept / "parity.json").is_file(), "an artifact without parity.json is in place"
