@@ -159,10 +159,7 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     clean_stale(path.parent)
     _refuse_non_file(path)
-    root = enclosing_artifact(path)
-    if root is not None:
-        raise OutputError(f"{path} is inside the artifact folder {root}", "write outputs outside artifact folders")
-    _probe_writable(_existing_ancestor(path))
+    _check_place(path, "output file")
     return path
 
 
@@ -193,11 +190,16 @@ def check_output_folder(out: str | Path, overwrite: bool = False) -> Path:
             raise OutputError(f"--overwrite would delete {out}, which is not a qsched-export artifact (it holds {shown})",
                               "pass a new folder for --out; --overwrite replaces only an artifact folder or an empty one")
     _check_parents(out)
-    root = enclosing_artifact(out)
-    if root is not None:
-        raise OutputError(f"output folder {out} is inside the artifact folder {root}", "write outputs outside artifact folders")
-    _probe_writable(_existing_ancestor(out))
+    _check_place(out, "output folder")
     return out
+
+
+def _check_place(path: Path, what: str) -> None:
+    """A user's output goes outside artifact folders, to a place this process can write."""
+    root = enclosing_artifact(path)
+    if root is not None:
+        raise OutputError(f"{what} {path} is inside the artifact folder {root}", "write outputs outside artifact folders")
+    _probe_writable(_existing_ancestor(path))
 
 
 # 3. owned temp names, their locks, and the clean-up of killed runs

@@ -43,9 +43,10 @@ def _params():
                 marks = [pytest.mark.xfail(strict=True, reason="lead: export/api.py writes through runtimes.files.staged_dir, so the "
                                                                "next command's clean_stale removes what a killed export left")]
             if command == "build" and name == "SIGKILL":
-                marks = [pytest.mark.xfail(strict=True, reason="lead: qsched_export/api.py _staged/_replace (tempfile '.<out>.stage-') "
-                                                               "become runtimes.files.staged_dir with the targets' verify= hook, so "
-                                                               "clean_stale removes what a killed build left")]
+                marks = [pytest.mark.xfail(strict=True, reason="lead: qsched_export/api.py: _exported's tempfile '.export-' becomes "
+                                                               "runtimes.files.scratch_dir, and _staged/_replace ('.<out>.stage-', '.<out>.old-') "
+                                                               "become staged_dir with the targets' verify= hook, so clean_stale removes what a "
+                                                               "killed build left")]
             yield pytest.param(command, name, id=f"{command}-{name}", marks=marks)
 
 
