@@ -12,13 +12,14 @@ Torch-free on purpose (stdlib only): a Jetson with only onnxruntime or tensorrt 
 from __future__ import annotations
 
 from runtimes.errors import UserError
-from runtimes.files import atomic_file
+from runtimes.files import atomic_file, is_owned_temp
 from runtimes.schemes import TARGET_FORMS
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -245,11 +246,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# A manifest is a few KB to a few MB (per-layer quantization report); anything far larger is not one.
+MAX_MANIFEST_BYTES = 64 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REEXPORT = "re-export the artifact"
+
+
 def hash_folder(artifact_dir: str | Path, exclude: tuple[str, ...] = UNHASHED) -> dict[str, str]:
-    """sha256 of every regular file under `artifact_dir` (POSIX relative paths), except `exclude`."""
+    """sha256 of every regular file under `artifact_dir` (POSIX relative paths), except `exclude`
+    and the temp files of a write in progress. A symlink is refused: the manifest lists files that
+    live in the folder, so copying the folder copies the artifact."""
     root = Path(artifact_dir)
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).as_posix() not in exclude}
+    hashes = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise ArtifactError(f"{root} holds the symbolic link {rel}", "artifact folders hold regular files only: copy the file in instead")
+        if p.is_file() and rel not in exclude and not is_owned_temp(p.name):
+            hashes[rel] = sha256_file(p)
+    return hashes
 
 
 def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> Manifest:
@@ -258,29 +273,89 @@ def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> Manifest:
     Returns the manifest as written."""
     root = Path(artifact_dir)
     written = replace(manifest, files=hash_folder(root))
-    with atomic_file(root / MANIFEST_NAME) as f:
+    check_paths(root, written)
+    with atomic_file(root / MANIFEST_NAME, artifact_writer=True) as f:
         f.write(written.to_json())
     return written
 
 
+def artifact_path(root: str | Path, rel: str) -> Path:
+    """`root / rel` for a path the manifest names, once it is known to stay inside `root`: a
+    non-empty relative POSIX path without `..`, whose real path (symlinks followed) is inside
+    `root`'s. Raises `ArtifactError` otherwise. Runtimes open artifact files through this."""
+    root = Path(root)
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise ArtifactError(f"manifest path {rel!r} is not a relative path inside the artifact folder",
+                            f"{_REEXPORT}: every path in manifest.json is relative to its folder")
+    path = root / rel
+    real_root, real = root.resolve(), path.resolve()
+    if real_root not in real.parents:
+        raise ArtifactError(f"manifest path {rel!r} leads out of the artifact folder (through a symbolic link)",
+                            f"{_REEXPORT}; artifact folders hold regular files only")
+    return path
+
+
+def opened_files(manifest: Manifest) -> list[str]:
+    """The paths, relative to the artifact folder, that a runtime opens: every graph and the
+    `support_files` (tokenizers, golden data). External data a graph references is added by
+    `verify_files`, which reads it from the verified graphs."""
+    return [*(spec.file for spec in manifest.graphs.values()), *manifest.support_files]
+
+
+def check_paths(root: str | Path, manifest: Manifest) -> None:
+    """Every path the manifest names (the files a runtime opens and the `files` keys) stays inside `root`."""
+    for rel in [*opened_files(manifest), *manifest.files]:
+        artifact_path(root, rel)
+
+
+def _read_manifest_data(path: Path) -> dict:
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is {size / 1e6:.0f} MB, far too large to be a manifest", "copy the artifact folder again, or re-export it")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path} is not UTF-8 text (a binary or corrupted file)", "copy the artifact folder again, or re-export it") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", _REEXPORT) from None
+    if not isinstance(data, dict):
+        raise ArtifactError("manifest must hold a JSON object", _REEXPORT)
+    files = data.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) and _SHA256.match(v) for k, v in files.items()):
+        shown = "null" if files is None else type(files).__name__ if not isinstance(files, dict) else "an entry without a sha256"
+        raise ArtifactError(f"manifest 'files' must map each path to its sha256, got {shown}", _REEXPORT)
+    return data
+
+
 def load_manifest(artifact_dir: str | Path, verify: bool = True) -> Manifest:
-    """Read `manifest.json` from `artifact_dir`; with `verify`, check that every listed file exists
-    and has its recorded sha256 (all mismatches are named at once)."""
+    """Read `manifest.json` from `artifact_dir` and check that every path it names stays inside
+    the folder; with `verify`, also that every listed file exists with its recorded sha256 and
+    that every file a runtime opens is listed (`verify_files`). Every problem is an
+    `ArtifactError` of one line."""
     root = Path(artifact_dir)
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST_NAME}", "pass a folder written by qsched-export export or build")
-    manifest = Manifest.from_json(path.read_text())
+    manifest = Manifest.from_dict(_read_manifest_data(path))
+    check_paths(root, manifest)
     if verify:
         verify_files(root, manifest)
     return manifest
 
 
 def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
+    """Check every listed file (present, regular, its sha256), then that every file a runtime opens,
+    including the external data its ONNX graphs reference, is listed if it is there. Mismatches are
+    named at once."""
     root = Path(artifact_dir)
+    if not manifest.files:
+        raise ArtifactError(f"the manifest of {root} lists no files, so nothing can be verified", _REEXPORT)
     missing, changed = [], []
     for rel, expected in manifest.files.items():
-        p = root / rel
+        p = artifact_path(root, rel)
         if not p.is_file():
             missing.append(rel)
         elif sha256_file(p) != expected:
@@ -289,3 +364,29 @@ def verify_files(artifact_dir: str | Path, manifest: Manifest) -> None:
         parts = ([f"missing: {', '.join(missing)}"] if missing else []) + ([f"sha256 mismatch: {', '.join(changed)}"] if changed else [])
         raise ArtifactError(f"artifact {root} does not match its manifest ({'; '.join(parts)})",
                             "copy the artifact folder again, or re-export it")
+    # A needed file that is absent fails where it is opened, with its own message; one that is
+    # present must be listed, or nothing vouches for its content.
+    unlisted = [rel for rel in [*opened_files(manifest), *_external_data(root, manifest)]
+                if rel not in manifest.files and artifact_path(root, rel).exists()]
+    if unlisted:
+        raise ArtifactError(f"artifact {root} uses files its manifest does not list with a sha256: {', '.join(dict.fromkeys(unlisted))}",
+                            _REEXPORT)
+
+
+def _external_data(root: Path, manifest: Manifest) -> list[str]:
+    """The external-data files the (verified) ONNX graphs reference, relative to the artifact folder."""
+    from runtimes.onnx_external import external_data_locations
+
+    found = []
+    for spec in manifest.graphs.values():
+        if not spec.file.endswith(".onnx") or spec.file not in manifest.files:
+            continue
+        try:
+            locations = external_data_locations(root / spec.file)
+        except ValueError:
+            continue  # not ONNX at all: ONNX Runtime refuses it when the runner opens it, naming the file
+        for location in locations:
+            rel = (PurePosixPath(spec.file).parent / location).as_posix()
+            artifact_path(root, rel)
+            found.append(rel)
+    return found

@@ -87,15 +87,24 @@ class OrtRunner(Runner):
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._check_feeds(feeds)
-        return dict(zip(self.output_names, self.session.run(list(self.output_names), feeds)))
+        try:
+            outputs = self.session.run(list(self.output_names), feeds)
+        except Exception as exc:  # onnxruntime raises its own untyped InvalidArgument/Fail errors
+            raise RunnerError(f"onnxruntime could not run {self.path.name}: {str(exc).strip().splitlines()[0]}",
+                              "the manifest does not match its graphs (shapes, dtypes): re-export the artifact") from None
+        return dict(zip(self.output_names, outputs))
 
 
 def import_tensorrt():
+    """The `tensorrt` module, or a `RunnerError` saying how to get it (the one import of TensorRT:
+    the engine runner and the tensorrt target both call this)."""
     try:
         import tensorrt
     except ImportError:
-        raise RunnerError("the tensorrt Python package is not installed",
-                          "on Jetson it comes with JetPack (apt install nvidia-jetpack); on desktop: pip install tensorrt cuda-python (NVIDIA's wheels, the project's tensorrt extra)") from None
+        raise RunnerError("TensorRT is not installed on this machine (the tensorrt Python package is missing)",
+                          "on Jetson it comes with JetPack (apt install nvidia-jetpack); on desktop: pip install tensorrt cuda-python "
+                          "(NVIDIA's wheels, the project's tensorrt extra); without TensorRT here, run qsched-export bundle --target tensorrt "
+                          "and build on the device") from None
     return tensorrt
 
 

@@ -63,7 +63,7 @@ def check(
     with user_errors():
         passed = run_check(artifact, provider)
     if not passed:
-        raise typer.Exit(code=1)
+        raise fail("parity failed (the FAIL rows above)", f"see {artifact / 'parity.json'}; re-export the artifact, or recalibrate its activation ranges")
 
 
 def register(app: typer.Typer) -> None:

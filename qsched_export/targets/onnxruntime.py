@@ -12,8 +12,9 @@ from pathlib import Path
 
 from qsched_export.errors import QSchedError
 from qsched_export.targets.options import BuildOptions
-from qsched_export.targets.output import atomic_dir, copy_runtime_files, finish
-from runtimes.manifest import load_manifest
+from qsched_export.targets.output import Verify, copy_runtime_files, finish
+from runtimes.files import staged_dir
+from runtimes.manifest import artifact_path, load_manifest
 from runtimes.runners import resolve_providers
 
 NAME = "onnxruntime"
@@ -34,18 +35,19 @@ def optimize_graph(src: Path, dst: Path, level: str, providers: list[str]) -> No
         raise QSchedError(f"onnxruntime could not optimize {src.name}: {str(exc).strip().splitlines()[0]}", "re-export the artifact") from None
 
 
-def build(artifact_dir: str | Path, options: BuildOptions) -> Path:
+def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | None = None) -> Path:
+    """Optimize each graph into a staging folder; it replaces `options.out_dir` once complete and `verify`ed."""
     import onnxruntime as ort
 
     src = Path(artifact_dir)
     manifest = load_manifest(src)
     providers = resolve_providers(options.providers, ort.get_available_providers())
-    with atomic_dir(options.out_dir, options.overwrite) as tmp:
+    with staged_dir(options.out_dir, options.overwrite) as tmp:
         files = {}
         for role, spec in manifest.graphs.items():
             name = Path(spec.file).with_suffix(".onnx").name
-            optimize_graph(src / spec.file, tmp / name, options.ort_level, providers)
+            optimize_graph(artifact_path(src, spec.file), tmp / name, options.ort_level, providers)
             files[role] = name
         copy_runtime_files(src, tmp, manifest)
-        finish(tmp, manifest, files, {"onnxruntime": ort.__version__, "onnxruntime_level": options.ort_level})
+        finish(tmp, manifest, files, {"onnxruntime": ort.__version__, "onnxruntime_level": options.ort_level}, verify)
     return options.out_dir

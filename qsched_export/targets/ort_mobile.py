@@ -14,8 +14,9 @@ from pathlib import Path
 
 from qsched_export.errors import QSchedError
 from qsched_export.targets.options import BuildOptions
-from qsched_export.targets.output import atomic_dir, copy_runtime_files, finish
-from runtimes.manifest import load_manifest
+from qsched_export.targets.output import Verify, copy_runtime_files, finish
+from runtimes.files import staged_dir
+from runtimes.manifest import artifact_path, load_manifest
 
 NAME = "ort-mobile"
 OPS_CONFIG = "required_operators.config"
@@ -40,17 +41,18 @@ def _require_loadable(path: Path) -> None:
                           "INT4 tensors (w4a16) do not fit the ORT format: use --bits 4 (w4a8, MatMulNBits) or --bits 8 for ort-mobile") from None
 
 
-def build(artifact_dir: str | Path, options: BuildOptions) -> Path:
+def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | None = None) -> Path:
+    """Convert the graphs into a staging folder; it replaces `options.out_dir` once complete and `verify`ed."""
     import onnxruntime as ort
 
     src = Path(artifact_dir)
     manifest = load_manifest(src)
-    with atomic_dir(options.out_dir, options.overwrite) as tmp:
+    with staged_dir(options.out_dir, options.overwrite) as tmp:
         # The converter takes a folder and converts every .onnx under it: give it only the graphs.
         staging = tmp / ".onnx"
         staging.mkdir()
         for spec in manifest.graphs.values():
-            shutil.copy2(src / spec.file, staging / Path(spec.file).name)
+            shutil.copy2(artifact_path(src, spec.file), staging / Path(spec.file).name)
         result = subprocess.run(convert_command(staging, tmp, options.mobile_platform), capture_output=True, text=True)
         if result.returncode != 0:
             last = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
@@ -67,5 +69,5 @@ def build(artifact_dir: str | Path, options: BuildOptions) -> Path:
         config.write_text("".join(f"# - {Path(line[4:].strip()).name}\n" if line.startswith("# - ") else line
                                   for line in config.read_text().splitlines(keepends=True)))
         copy_runtime_files(src, tmp, manifest)
-        finish(tmp, manifest, files, {"onnxruntime": ort.__version__, "ort_mobile_platform": options.mobile_platform})
+        finish(tmp, manifest, files, {"onnxruntime": ort.__version__, "ort_mobile_platform": options.mobile_platform}, verify)
     return options.out_dir

@@ -13,22 +13,14 @@ from pathlib import Path
 
 from qsched_export.errors import QSchedError
 from qsched_export.targets.options import BuildOptions
-from qsched_export.targets.output import atomic_dir, copy_runtime_files, finish
+from qsched_export.targets.output import Verify, copy_runtime_files, finish
 from qsched_export.targets.tensorrt_contract import DEFAULT_PROFILES, require_contract
-from runtimes.manifest import Manifest, load_manifest
+from runtimes.errors import RunnerError
+from runtimes.files import atomic_file, staged_dir
+from runtimes.manifest import Manifest, artifact_path, load_manifest
+from runtimes.runners import ENGINE_SUFFIX, import_tensorrt
 
 NAME = "tensorrt"
-ENGINE_SUFFIX = ".engine"
-MISSING_FIX = ("on Jetson it comes with JetPack (apt install nvidia-jetpack); on desktop: pip install tensorrt cuda-python (NVIDIA's wheels, the project's tensorrt extra); "
-               "without TensorRT here, run qsched-export bundle --target tensorrt and build on the device")
-
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise QSchedError("TensorRT is not installed on this machine (the tensorrt Python package is missing)", MISSING_FIX) from None
-    return tensorrt
 
 
 def profile_for(version: str) -> tuple[str, ...]:
@@ -44,7 +36,7 @@ def require_tensorrt_form(manifest: Manifest) -> None:
 
 
 def graph_paths(artifact_dir: Path, manifest: Manifest) -> list[Path]:
-    return [artifact_dir / spec.file for spec in manifest.graphs.values()]
+    return [artifact_path(artifact_dir, spec.file) for spec in manifest.graphs.values()]
 
 
 def build_engine(trt, onnx_path: Path, options: BuildOptions, timing_cache: bytes) -> tuple[bytes, bytes]:
@@ -72,30 +64,32 @@ def build_engine(trt, onnx_path: Path, options: BuildOptions, timing_cache: byte
     return bytes(plan), bytes(config.get_timing_cache().serialize())
 
 
-def build(artifact_dir: str | Path, options: BuildOptions) -> Path:
+def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | None = None) -> Path:
+    """Build one engine per graph into a staging folder; it replaces `options.out_dir` once
+    complete and `verify`ed. The timing cache is written back after."""
     src = Path(artifact_dir)
     manifest = load_manifest(src)
     require_tensorrt_form(manifest)
     # The contract is checked even where TensorRT is missing (its violations are the more useful
     # message), and a graph that fails never reaches the builder.
-    missing: QSchedError | None = None
+    missing: RunnerError | None = None
     try:
         trt = import_tensorrt()
-    except QSchedError as exc:
+    except RunnerError as exc:
         trt, missing = None, exc
     require_contract(graph_paths(src, manifest), profile_for(trt.__version__) if trt is not None else DEFAULT_PROFILES)
     if missing is not None:
         raise missing
     cache_path = options.timing_cache_path
     timing_cache = cache_path.read_bytes() if cache_path.is_file() else b""
-    with atomic_dir(options.out_dir, options.overwrite) as tmp:
+    with staged_dir(options.out_dir, options.overwrite) as tmp:
         files = {}
         for role, spec in manifest.graphs.items():
-            engine, timing_cache = build_engine(trt, src / spec.file, options, timing_cache)
+            engine, timing_cache = build_engine(trt, artifact_path(src, spec.file), options, timing_cache)
             files[role] = Path(spec.file).with_suffix(ENGINE_SUFFIX).name
             (tmp / files[role]).write_bytes(engine)
         copy_runtime_files(src, tmp, manifest)
-        finish(tmp, manifest, files, {"tensorrt": trt.__version__})
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(timing_cache)
+        finish(tmp, manifest, files, {"tensorrt": trt.__version__}, verify)
+    with atomic_file(cache_path, "wb") as f:
+        f.write(timing_cache)
     return options.out_dir

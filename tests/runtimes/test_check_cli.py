@@ -29,6 +29,8 @@ def test_check_failure_exits_1_and_names_the_failure(hand_artifact, tmp_path):
     result = runner.invoke(app, ["check", "--artifact", str(art)])
     assert result.exit_code == 1
     assert "final_latents vs fp32: cosine" in result.output and "FAILED | onnxruntime (CPUExecutionProvider)" in result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: parity failed (the FAIL rows above) (see {art / 'parity.json'}; re-export the artifact, or recalibrate its activation ranges)"]
 
 
 def test_unknown_provider_and_missing_artifact_are_one_line(hand_artifact, tmp_path):

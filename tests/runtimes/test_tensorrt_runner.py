@@ -31,7 +31,7 @@ def fake_cudart(count_result):
 def test_missing_tensorrt_is_a_runner_error(tmp_path):
     with pytest.raises(RunnerError) as info:
         open_runner(tmp_path / "denoise.engine")
-    assert "tensorrt Python package is not installed" in info.value.problem and "JetPack" in info.value.fix
+    assert "TensorRT is not installed on this machine" in info.value.problem and "JetPack" in info.value.fix
 
 
 def test_engine_from_another_tensorrt_version(tmp_path, monkeypatch):

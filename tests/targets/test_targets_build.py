@@ -12,9 +12,12 @@ import pytest
 
 from qsched_export.errors import QSchedError
 from qsched_export.targets import BuildOptions, build
+from qsched_export.targets import onnxruntime as onnxruntime_target
 from qsched_export.targets.ort_mobile import OPS_CONFIG, convert_command
 from qsched_export.targets.tensorrt import profile_for, require_tensorrt_form
 from qsched_export.targets.tensorrt_contract import ContractError
+from runtimes.errors import RunnerError
+from runtimes.files import OutputError
 from runtimes.manifest import load_manifest
 from runtimes.parity import check_artifact
 
@@ -51,18 +54,43 @@ def test_ort_converter_is_an_argv_list(tmp_path):
 
 def test_existing_output_is_refused_then_replaced_atomically(hand_artifact, tmp_path):
     out = tmp_path / "ort"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    with pytest.raises(QSchedError, match="already exists"):
+    build(hand_artifact, BuildOptions("onnxruntime", out))
+    (out / "parity.json").write_text("from the first build")
+    with pytest.raises(OutputError, match="already exists"):
         build(hand_artifact, BuildOptions("onnxruntime", out))
     build(hand_artifact, BuildOptions("onnxruntime", out, overwrite=True))
-    assert not (out / "old.txt").exists() and (out / "manifest.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ort"]  # no temp folders left
+    assert not (out / "parity.json").exists() and load_manifest(out).graphs["denoise"].file == "denoise.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ort"]  # no temp or trash folders left
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_artifact(hand_artifact, tmp_path):
+    out = tmp_path / "userdata"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.txt").write_text("four years")
+    with pytest.raises(OutputError, match="not a qsched-export artifact .it holds sub, thesis.txt"):
+        build(hand_artifact, BuildOptions("onnxruntime", out, overwrite=True))
+    assert (out / "thesis.txt").read_text() == "four years" and sorted(p.name for p in tmp_path.iterdir()) == ["userdata"]
+
+
+def test_a_failed_verify_keeps_the_previous_output(hand_artifact, tmp_path):
+    out = tmp_path / "ort"
+    build(hand_artifact, BuildOptions("onnxruntime", out))
+    before = load_manifest(out).files
+    seen = []
+
+    def failing_check(staging):
+        seen.append(sorted(p.name for p in staging.iterdir()))
+        raise QSchedError("parity failed", "see parity.json")
+
+    with pytest.raises(QSchedError, match="parity failed"):
+        onnxruntime_target.build(hand_artifact, BuildOptions("onnxruntime", out, overwrite=True), verify=failing_check)
+    assert "manifest.json" in seen[0]  # the check saw the complete output, in the staging folder
+    assert load_manifest(out).files == before and sorted(p.name for p in tmp_path.iterdir()) == ["ort"]
 
 
 @tensorrt_absent
 def test_tensorrt_without_tensorrt_errors_and_writes_nothing(hand_artifact, tmp_path):
-    with pytest.raises(QSchedError) as info:
+    with pytest.raises(RunnerError) as info:
         build(hand_artifact, BuildOptions("tensorrt", tmp_path / "out" / "trt"))
     assert "TensorRT is not installed" in info.value.problem
     assert "JetPack" in info.value.fix and "qsched-export bundle --target tensorrt" in info.value.fix
@@ -80,6 +108,13 @@ def test_tensorrt_contract_failure_never_reaches_the_builder(hand_artifact, tmp_
     with pytest.raises(ContractError) as info:  # raised before TensorRT is even looked for
         build(art, BuildOptions("tensorrt", tmp_path / "trt"))
     assert "graph input latents" in info.value.problem and not (tmp_path / "trt").exists()
+
+
+def test_one_tensorrt_import_and_engine_suffix():
+    import qsched_export.targets.tensorrt as target
+    import runtimes.runners as runners
+
+    assert target.import_tensorrt is runners.import_tensorrt and target.ENGINE_SUFFIX is runners.ENGINE_SUFFIX == ".engine"
 
 
 def test_matmulnbits_artifact_is_not_for_tensorrt(hand_artifact):
