@@ -319,6 +319,10 @@ def _worker(rank: int, config: CalibrationConfig, init_file: str, result_file: s
         _calibrate(config, lambda _msg: None)
         if rank == 0:
             Path(result_file).write_text(json.dumps({"ok": True}))
+        # Every rank done before any tears gloo down: a rank that destroyed its group while the
+        # other still wrote qsched.json died with SIGABRT under load ("terminate called without
+        # an active exception").
+        dist.barrier()
     except UserError as exc:
         # The parent re-raises it as one line; a traceback's text is no interface.
         Path(f"{result_file}.{rank}").write_text(json.dumps({"problem": exc.problem, "fix": exc.fix}))
