@@ -143,11 +143,9 @@ class CalibrationConfig:
             raise QSchedError("--device cuda but no CUDA device is visible", "run on a GPU machine or pass --device cpu")
         if self.device_name == "cuda" and self.nproc > torch.cuda.device_count():
             raise QSchedError(f"nproc {self.nproc} exceeds the {torch.cuda.device_count()} visible GPUs", f"pass --nproc {torch.cuda.device_count()}")
-        out = self.out_path
-        if out.is_dir() or (out.exists() and not out.is_file()):
-            raise QSchedError(f"--out {out} is not a file path", "pass --out a .json file path, e.g. out/model.qsched.json")
-        if any(p.exists() and not p.is_dir() for p in out.parents):
-            raise QSchedError(f"--out {out} lies under a file", "pass --out a path inside a folder")
+        from runtimes.files import check_output_file
+
+        check_output_file(self.out_path)  # before the search: a result that cannot be written would be lost
         self.read_prompts()
         return self
 

@@ -9,14 +9,15 @@ Layering (one way, tested in tests/cli/test_layering.py): runtimes/ <- qsched_ex
 this layer may reach calibration, and only when a scheme still needs calibrating.
 
 `build` writes nothing over the previous artifact until the new one passed its parity check (or,
-with `check=False`, was built): the target builds into a staging folder beside `out`, parity runs
-and `sample.png` is written there, and only then does the staging folder replace `out`.
+with `check=False`, was built): the target builds into a staging folder beside `out`
+(`runtimes.files.staged_dir`), parity runs and `sample.png` is written there (the target's
+`verify` hook), and only then does the staging folder replace `out`. The export goes to an owned
+scratch folder (`runtimes.files.scratch_dir`) that a killed run's successor removes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -97,15 +98,11 @@ class BuildResult:
     out: Path
     scheme: str
     parity: object | None  # runtimes.parity.ParityReport, None with check=False
-    image: Path | None  # sample.png in `out`; None when parity failed (nothing was kept)
+    image: Path  # sample.png in `out`
     image_seconds: float
     runtime: str
     coefficients: Path | None = None  # the qsched.json used (None: all ones, or --from)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return self.parity is None or self.parity.passed
 
 
 @dataclass(frozen=True)
@@ -180,47 +177,44 @@ def find_coefficients(model: str | None, coeffs: Path | None, scheme: str, steps
 @contextlib.contextmanager
 def _exported(out: Path, model: str | None, scheme: Scheme, coefficients: Coefficients, opset: int | None, loras: tuple[LoraSpec, ...],
               progress: Progress) -> Iterator[Path]:
-    """Export into a scratch folder beside `out` (same filesystem, removed on exit) and yield the artifact."""
+    """Export into an owned scratch folder beside `out` (same filesystem, removed on exit, and by
+    the next run if this one is killed) and yield the artifact."""
     from qsched_export.export import ExportConfig, export_artifact
+    from runtimes.files import scratch_dir
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as scratch:
-        config = ExportConfig(out=Path(scratch) / "onnx", model=model, scheme=scheme, coeffs=coefficients.path, steps=coefficients.steps,
+    with scratch_dir(out.parent, f"{out.name}.export") as scratch:
+        config = ExportConfig(out=scratch / "onnx", model=model, scheme=scheme, coeffs=coefficients.path, steps=coefficients.steps,
                               loras=loras, **({"opset": opset} if opset is not None else {}))
         yield export_artifact(config, progress=progress)
 
 
 def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
     """Export (or take `from_bundle`) an artifact, build it for the target, check parity, write
-    sample.png, and only then replace `out`."""
+    sample.png, and only then replace `out`. A failed parity check raises `runtimes.parity.ParityError`
+    (its `report` holds the table) and leaves `out` as it was."""
     from qsched_export.targets import BuildOptions
     from qsched_export.targets import build as build_target
-    from qsched_export.targets.output import refuse_existing
+    from runtimes.files import check_output_folder
 
     config.validate()
-    providers = (config.provider,)
     options = BuildOptions(config.target, outputs.OUT_ROOT, workspace_mib=config.workspace_mib,
-                           builder_optimization_level=config.builder_level, providers=providers)
+                           builder_optimization_level=config.builder_level, providers=(config.provider,))
     if config.from_bundle is not None:
         from runtimes.manifest import load_manifest
 
         manifest = load_manifest(config.from_bundle)  # verifies every sha256 before anything runs
         held = Scheme.from_dict(manifest.scheme)
-        scheme = held.name
         if held.bits != config.bits:
-            raise QSchedError(f"{config.from_bundle} holds scheme {scheme} (--bits {held.bits}), not --bits {config.bits}",
+            raise QSchedError(f"{config.from_bundle} holds scheme {held.name} (--bits {held.bits}), not --bits {config.bits}",
                               f"pass --bits {held.bits}, or bundle --bits {config.bits} on the workstation")
-        out = config.out or outputs.build_dir(str(manifest.model.get("id")), config.target, scheme)
-        refuse_existing(out, config.overwrite)
-        progress(f"building {config.target} from {config.from_bundle}: scheme {scheme}, {manifest.steps} steps")
-        with _staged(out, config.overwrite) as stage:
-            build_target(config.from_bundle, replace(options, out_dir=stage))
-            return _finish(stage, out, config, scheme, None)
+        out = check_output_folder(config.out or outputs.build_dir(str(manifest.model.get("id")), config.target, held.name), config.overwrite)
+        progress(f"building {config.target} from {config.from_bundle}: scheme {held.name}, {manifest.steps} steps")
+        return _build_and_check(build_target, config.from_bundle, replace(options, out_dir=out, overwrite=config.overwrite), config, held.name,
+                                None, progress)
     scheme = scheme_for(config.target, config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention)
-    out = config.out or outputs.build_dir(config.model, config.target, scheme.name)
-    refuse_existing(out, config.overwrite)
+    out = check_output_folder(config.out or outputs.build_dir(config.model, config.target, scheme.name), config.overwrite)
     if config.target == "tensorrt":
-        from qsched_export.targets.tensorrt import import_tensorrt
+        from runtimes.runners import import_tensorrt
 
         import_tensorrt()  # before a long export: say now that it cannot be built here
     progress(f"building {config.target} with scheme {scheme.name} ({scheme.describe()})")
@@ -228,77 +222,52 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
     start = time.perf_counter()
     with _exported(out, config.model, scheme, coefficients, config.opset, config.loras, progress) as artifact:
         progress(f"exported in {time.perf_counter() - start:.1f} s (coefficients: {coefficients.path or 'all ones'})")
-        with _staged(out, config.overwrite) as stage:
-            build_target(artifact, replace(options, out_dir=stage))
-            return _finish(stage, out, config, scheme.name, coefficients.path)
+        return _build_and_check(build_target, artifact, replace(options, out_dir=out, overwrite=config.overwrite), config, scheme.name,
+                                coefficients.path, progress)
 
 
-@contextlib.contextmanager
-def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A fresh path inside a staging folder beside `out` for the target to build into; `_finish`
-    moves it over `out` once it passed. Anything that goes wrong leaves `out` as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.stage-", dir=out.parent) as staging:
-        yield Path(staging) / out.name
-
-
-def _finish(stage: Path, out: Path, config: BuildConfig, scheme: str, coefficients: Path | None) -> BuildResult:
-    """Check parity (unless skipped) and write sample.png in the staged build, then replace `out`
-    with it (only when parity passed, or was skipped)."""
+def _build_and_check(build_target, artifact: Path, options, config: BuildConfig, scheme: str, coefficients: Path | None,
+                     progress: Progress) -> BuildResult:
+    """Build into the target's staging folder; inside it, check parity (unless skipped) and write
+    sample.png; the staging folder replaces `options.out_dir` only when both succeeded."""
     from runtimes.parity import check_artifact, load_golden
     from runtimes.pipeline import Text2ImagePipeline, save_png
 
-    report = check_artifact(stage, (config.provider,), raise_on_failure=False) if config.check else None
-    pipe = Text2ImagePipeline(stage, (config.provider,))
-    start = time.perf_counter()
-    if config.prompt is None:
-        # The golden prompt and noise: the very image the parity table compared.
-        golden = load_golden(stage / pipe.manifest.golden)
-        image = pipe.run({name: golden[name] for name in pipe.input_names}).image
-    else:
-        image = pipe([config.prompt] * pipe.batch, seed=config.seed).image
-    seconds = time.perf_counter() - start
-    save_png(image[0], stage / "sample.png")
-    result = BuildResult(out, scheme, report, out / "sample.png", seconds, pipe.description, coefficients)
-    if not result.passed:
-        # The failed build is not kept, and the previous artifact stays where it was.
-        return replace(result, image=None)
-    _replace(stage, out, config.overwrite)
-    return result
+    done: dict = {}
 
+    def verify(stage: Path) -> None:
+        report = check_artifact(stage, (config.provider,)) if config.check else None  # raises ParityError on a failure
+        pipe = Text2ImagePipeline(stage, (config.provider,))
+        start = time.perf_counter()
+        if config.prompt is None:
+            # The golden prompt and noise: the very image the parity table compared.
+            golden = load_golden(stage / pipe.manifest.golden)
+            image = pipe.run({name: golden[name] for name in pipe.input_names}).image
+        else:
+            image = pipe([config.prompt] * pipe.batch, seed=config.seed).image
+        done.update(report=report, seconds=time.perf_counter() - start, runtime=pipe.description)
+        save_png(image[0], stage / "sample.png")
 
-def _replace(new: Path, out: Path, overwrite: bool) -> None:
-    import os
-    import shutil
-
-    if out.exists():
-        if not overwrite:
-            raise QSchedError(f"output folder {out} already exists", "pass --overwrite to replace it, or another --out")
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(new, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(new, out)
+    out = build_target(artifact, options, verify=verify)
+    progress(f"built {out}")
+    return BuildResult(out, scheme, done["report"], out / "sample.png", done["seconds"], done["runtime"], coefficients)
 
 
 def bundle(config: BundleConfig, progress: Progress = _quiet) -> Path:
     """Package the TensorRT form (ONNX, manifest, golden data, tokenizers, build_engine.sh, README) to build on a Jetson."""
     from qsched_export.targets.bundle import make_bundle
     from qsched_export.targets.options import BuildOptions
-    from qsched_export.targets.output import refuse_existing
+    from runtimes.files import check_output_folder
 
     config.validate()
     BuildOptions("tensorrt", outputs.OUT_ROOT, workspace_mib=config.workspace_mib, builder_optimization_level=config.builder_level)  # validates
     kwargs = {"bits": config.bits, "overwrite": config.overwrite, "workspace_mib": config.workspace_mib,
               "builder_optimization_level": config.builder_level}
     if config.from_artifact is not None:
-        out = config.out or outputs.OUT_ROOT / f"{config.from_artifact.name}-bundle"
-        refuse_existing(out, config.overwrite)
+        out = check_output_folder(config.out or outputs.OUT_ROOT / f"{config.from_artifact.name}-bundle", config.overwrite)
         return make_bundle(config.from_artifact, out, **kwargs)
     scheme = scheme_for("tensorrt", config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention)
-    out = config.out or outputs.bundle_dir(config.model, scheme.name)
-    refuse_existing(out, config.overwrite)
+    out = check_output_folder(config.out or outputs.bundle_dir(config.model, scheme.name), config.overwrite)
     progress(f"bundling tensorrt with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
     with _exported(out, config.model, scheme, coefficients, config.opset, config.loras, progress) as artifact:

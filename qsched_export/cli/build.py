@@ -38,6 +38,9 @@ def build(
 ) -> None:
     """Export (or take --from) an artifact and build it for a target, then check parity and write sample.png."""
     from qsched_export.api import BuildConfig, build as run_build
+    from qsched_export.errors import QSchedError
+    from runtimes.files import outcomes
+    from runtimes.parity import ParityError
 
     with user_errors():
         provider_list(provider)
@@ -47,12 +50,15 @@ def build(
                              overwrite=overwrite, workspace_mib=workspace_mib, builder_level=builder_level, provider=provider, check=not no_check,
                              prompt=prompt, seed=seed, loras=parse_loras(lora), weight_range=weight_range(weight_range_),
                              int8_attention=int8_attention)
-        result = run_build(config, progress_printer())
+        try:
+            result = run_build(config, progress_printer())
+        except ParityError as exc:
+            print_report(exc.report)  # the table, then one line: what failed and what was kept
+            kept = "; ".join(outcomes(exc)) or "nothing was written"
+            raise QSchedError(f"parity failed (the FAIL rows above); {kept}", "re-export, or recalibrate the activation ranges; "
+                              "--no-check builds without the gate") from None
     if result.parity is not None:
         print_report(result.parity)
-    if not result.passed:
-        console.print(f"[red]kept nothing: {result.out} is unchanged[/]", highlight=False)
-        raise typer.Exit(code=1)
     size = sum(p.stat().st_size for p in result.out.rglob("*") if p.is_file())
     console.print(f"wrote {result.image} ({result.runtime}, {result.image_seconds:.2f} s per image); artifact {size / 1e6:.1f} MB in {result.out}",
                   highlight=False)

@@ -25,21 +25,22 @@ def generate(
     height: int = typer.Option(None, "--height", help="Image height (default: the model's)."),
     width: int = typer.Option(None, "--width", help="Image width (default: the model's)."),
     max_sequence_length: int = typer.Option(None, "--max-sequence-length", help="T5 length of FLUX-class models (default: the model's, at most 512)."),
-    out: Path = typer.Option(Path("image.png"), "--out", "-o", help="Output PNG."),
+    out: Path = typer.Option(Path("image.png"), "--out", "-o", help="Output image (.png, .jpg, .jpeg or .webp)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model folder's own Python code to run."),
 ) -> None:
     """Generate an image in PyTorch with the Q-Sched sampler (coefficients all 1 = the stock pipeline)."""
     with user_errors():
+        import numpy as np
+
         from qsched_export.errors import QSchedError
         from qsched_export.export.api import MAX_IMAGE_SIDE
         from qsched_export.pipeline import generate as run_generate, open_backbone, to_pil
         from qsched_export.qsched_file import QSchedFile, coefficients_for, read_coefficient_file
-        from runtimes.files import atomic_file
+        from runtimes.files import check_output_file
+        from runtimes.images import image_format, save_image
 
-        if out.suffix.lower() != ".png":
-            raise QSchedError(f"--out {out} is not a .png path", "pass --out image.png")
-        if out.is_dir() or (out.exists() and not out.is_file()):
-            raise QSchedError(f"--out {out} is not a regular file path", "pass --out image.png")
+        image_format(out)  # the suffix names a format we write
+        check_output_file(out)  # before loading the model: a place we may not write is refused now
         if seed < 0:
             raise QSchedError(f"seed must be >= 0, got {seed}", "pass --seed 0 or another non-negative integer")
         if guidance is not None and not (0 <= guidance < float("inf")):
@@ -56,8 +57,7 @@ def generate(
                                  negative_prompt=negative_prompt, text_length=max_sequence_length, trust_remote_code=trust_remote_code)
         console.print(f"[dim]{backbone.describe()}[/]", highlight=False)
         _, images = run_generate(backbone, [prompt], steps=steps, seed=seed, coefficients=coefficients, gamma=gamma)
-        with atomic_file(out, "wb") as f:
-            to_pil(images)[0].save(f, format="PNG")
+        save_image(np.asarray(to_pil(images)[0]), out)
         console.print(f"wrote {out} ({images.shape[-1]}x{images.shape[-2]}, {steps} steps, guidance {backbone.guidance.scale:g}, seed {seed})")
 
 

@@ -10,9 +10,6 @@ the end, so an interrupted or failed export leaves nothing.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,8 +110,9 @@ class ExportConfig:
             raise QSchedError(f"seed must be >= 0, got {self.seed}", "pass --seed 0 or another non-negative integer")
         if self.coefficients is not None:
             self.coefficients.check_steps(self.steps)
-        if self.out.exists() and not self.overwrite:
-            raise QSchedError(f"output folder {self.out} already exists", "pass --overwrite to replace it, or another --out")
+        from runtimes.files import check_output_folder
+
+        check_output_folder(self.out, self.overwrite)  # before any work: an output that cannot be written safely is refused now
         if not self.prompt.strip():
             raise QSchedError("the golden prompt is empty", "pass a non-empty prompt")
 
@@ -168,30 +166,11 @@ def _check_against(calib: _Calibration, config: ExportConfig, backbone, plan) ->
 
 def export_artifact(config: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Export and return the artifact folder. `progress` is told each stage as it starts."""
-    note = progress or (lambda _msg: None)
-    out = config.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        _export_into(config, tmp, note)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is meant to be copied and shared
-        _replace_folder(tmp, out, config.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    from runtimes.files import staged_dir
 
-
-def _replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise QSchedError(f"output folder {out} already exists", "pass --overwrite to replace it, or another --out")
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    with staged_dir(config.out, config.overwrite) as staging:
+        _export_into(config, staging, progress or (lambda _msg: None))
+    return config.out
 
 
 def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]) -> None:

@@ -22,6 +22,8 @@ _MODULES = {"tensorrt": "tensorrt", "onnxruntime": "onnxruntime", "ort-mobile": 
 __all__ = ["TARGETS", "BuildOptions", "build"]
 
 
-def build(artifact_dir: str | Path, options: BuildOptions) -> Path:
-    """Build `options.target` from an exported artifact into `options.out_dir` (atomically)."""
-    return importlib.import_module(f"qsched_export.targets.{_MODULES[options.target]}").build(artifact_dir, options)
+def build(artifact_dir: str | Path, options: BuildOptions, *, verify=None) -> Path:
+    """Build `options.target` from an exported artifact into `options.out_dir` (atomically).
+    `verify(staging_folder)` runs on the finished build before it replaces `out_dir`; raising there
+    keeps the previous output."""
+    return importlib.import_module(f"qsched_export.targets.{_MODULES[options.target]}").build(artifact_dir, options, verify=verify)

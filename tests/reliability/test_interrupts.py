@@ -38,16 +38,7 @@ def _temp_with_a_file(work: Path) -> Path | None:
 def _params():
     for command in COMMANDS:
         for name in SIGNALS:
-            marks = []
-            if command == "export" and name == "SIGKILL":
-                marks = [pytest.mark.xfail(strict=True, reason="lead: export/api.py writes through runtimes.files.staged_dir, so the "
-                                                               "next command's clean_stale removes what a killed export left")]
-            if command == "build" and name == "SIGKILL":
-                marks = [pytest.mark.xfail(strict=True, reason="lead: qsched_export/api.py: _exported's tempfile '.export-' becomes "
-                                                               "runtimes.files.scratch_dir, and _staged/_replace ('.<out>.stage-', '.<out>.old-') "
-                                                               "become staged_dir with the targets' verify= hook, so clean_stale removes what a "
-                                                               "killed build left")]
-            yield pytest.param(command, name, id=f"{command}-{name}", marks=marks)
+            yield pytest.param(command, name, id=f"{command}-{name}")
 
 
 @pytest.mark.parametrize("command,signal_name", _params())

@@ -16,6 +16,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from runtimes.manifest import GraphSpec, ImageSpec, Manifest, TensorSpec, TokenizerSpec, write_manifest
+from runtimes.schemes import SCHEMES
 
 L, D, C, h, H = 16, 8, 4, 4, 8  # tokens, hidden, latent channels, latent size, image size
 STEPS = 2
@@ -128,7 +129,7 @@ def make_artifact(folder: Path, *, quantized: bool = True) -> Path:
         golden[f"{ref}/final_latents"], golden[f"{ref}/first_latents"] = final, first
         golden[f"{ref}/image"] = _run(graphs["vae_decoder"], {"final_latents": final})
     np.savez(folder / "golden.npz", **golden)
-    scheme = {"name": "w8a8", "weight_bits": 8, "act_bits": 8} if quantized else {"name": "fp32", "weight_bits": None}
+    scheme = SCHEMES["w8a8" if quantized else "fp32"].to_dict()
     manifest = Manifest(
         tools={"qsched_export": "test"}, model={"id": "hand-made", "pipeline_class": "none", "backbone": "sd", "family": "euler_a"}, sampler={},
         steps=STEPS, guidance_scale=2.0, do_cfg=True, scheme=scheme, target_form="qdq" if quantized else "fp32",
