@@ -15,6 +15,11 @@ Torch-free: numpy and onnx only.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 INT8 = 3  # onnx.TensorProto.INT8
 
 
@@ -105,3 +110,26 @@ def fold_int4_weights(model) -> int:
         for t in unused:
             graph.initializer.remove(t)
     return len(folded)
+
+
+@contextlib.contextmanager
+def ort_source(path: str | Path) -> Iterator[str]:
+    """The file ONNX Runtime should open for `path`: the path itself, or, for a w4a8s graph, a copy
+    with its int4 weights folded to int8 (`fold_int4_weights`) in a temporary folder, removed when
+    the block ends (a session holds its weights once created). Reading the graph's structure
+    (without its external data) is what tells them apart."""
+    import onnx
+
+    path = Path(path)
+    # .ort files (ort-mobile) are ONNX Runtime's own format, built from already-folded graphs.
+    if path.suffix != ".onnx" or not int4_chains(onnx.load(str(path), load_external_data=False)):
+        yield str(path)
+        return
+    model = onnx.load(str(path))
+    fold_int4_weights(model)
+    with tempfile.TemporaryDirectory(prefix="qsched-int4-") as tmp:
+        folded = Path(tmp) / path.name
+        # Protobuf caps one message at 2 GB: larger graphs keep their weights in an external-data file.
+        big = model.ByteSize() > (1 << 31) - (1 << 20)
+        onnx.save_model(model, str(folded), save_as_external_data=big, all_tensors_to_one_file=True, location=f"{path.name}.data")
+        yield str(folded)

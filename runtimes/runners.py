@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtimes.errors import RunnerError
+from runtimes.int4 import ort_source
 
 # Short names accepted on the command line -> ONNX Runtime execution provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -68,7 +69,8 @@ class OrtRunner(Runner):
         # Errors only: ORT's warnings about unused initializers would drown the CLI's output.
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+            with ort_source(self.path) as source:  # w4a8s: int4 weights expanded once, layer by layer (runtimes/int4.py)
+                self.session = ort.InferenceSession(source, sess_options=options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
             raise RunnerError(f"onnxruntime could not load {self.path.name}: {str(exc).strip().splitlines()[0]}",
                               "re-export the artifact, or upgrade onnxruntime") from None

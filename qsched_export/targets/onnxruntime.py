@@ -15,6 +15,7 @@ from qsched_export.targets.options import BuildOptions
 from qsched_export.targets.output import Verify, copy_runtime_files, finish
 from runtimes.files import staged_dir
 from runtimes.manifest import artifact_path, load_manifest
+from runtimes.int4 import ort_source
 from runtimes.runners import resolve_providers
 
 NAME = "onnxruntime"
@@ -30,7 +31,10 @@ def optimize_graph(src: Path, dst: Path, level: str, providers: list[str]) -> No
     options.optimized_model_filepath = str(dst)
     options.log_severity_level = 3
     try:
-        ort.InferenceSession(str(src), sess_options=options, providers=providers)
+        # w4a8s: the int4 weights folded to int8 first (ORT's own folding peaks at ~24 GB on SD1.5);
+        # the optimized graph then holds int8 weights.
+        with ort_source(src) as source:
+            ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises untyped Fail/InvalidGraph errors
         raise QSchedError(f"onnxruntime could not optimize {src.name}: {str(exc).strip().splitlines()[0]}", "re-export the artifact") from None
 

@@ -111,3 +111,25 @@ def test_tensorrt_placement_passes_the_contract(ranged, tmp_path):
     outputs, _ = _run(folder, tmp_path)
     comparisons = _gate(folder, outputs, "qdq")
     assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
+
+
+def test_runners_open_w4a8s_through_the_layer_by_layer_fold(ranged, tmp_path):
+    """`runtimes.int4.ort_source` hands ONNX Runtime a folded copy of a w4a8s graph (the same int8
+    weights ORT's own folding makes, so the same outputs bit for bit) and any other graph as it is."""
+    from qsched_export.quant import scheme_for
+    from runtimes.int4 import int4_chains, ort_source
+    from runtimes.runners import OrtRunner
+
+    folder = _export(ranged, scheme_for("onnxruntime", 4, scheme="w4a8s", weight_range="7bit"), tmp_path)
+    with ort_source(folder / "denoise.onnx") as source:
+        assert source != str(folder / "denoise.onnx") and not int4_chains(onnx.load(source))
+    with ort_source(folder / "vae_decoder.onnx") as source:
+        assert source == str(folder / "vae_decoder.onnx")
+    golden = dict(np.load(folder / "golden.npz"))
+    runner = OrtRunner(folder / "denoise.onnx")
+    ours = runner.run({n: golden[n] for n in runner.input_names})["first_latents"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    plain = ort.InferenceSession(str(folder / "denoise.onnx"), options, providers=["CPUExecutionProvider"])  # ORT folds by itself
+    theirs = plain.run(["first_latents"], {i.name: golden[i.name] for i in plain.get_inputs()})[0]
+    assert np.array_equal(ours, theirs)
