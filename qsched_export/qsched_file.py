@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qsched_export.errors import QSchedError
 from runtimes.files import atomic_file
-from qsched_export.sampler.plan import QSchedCoefficients
+from qsched_export.plan import QSchedCoefficients
 
 FORMAT = "qsched"
 VERSION = 1

@@ -15,7 +15,7 @@ import torch
 
 from qsched_export.errors import QSchedError
 from qsched_export.sampler import euler_a, flow_euler, lcm, tcd
-from qsched_export.sampler.plan import COEFF_RANGE, QSchedCoefficients, SamplerPlan
+from qsched_export.plan import COEFF_RANGE, QSchedCoefficients, SamplerPlan
 
 FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (lcm, tcd, euler_a, flow_euler)}
 SCHEDULER_TO_FAMILY: dict[str, str] = {cls: m.NAME for m in FAMILIES.values() for cls in m.SCHEDULER_CLASSES}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qsched_export.errors import QSchedError
-from qsched_export.sampler.plan import SamplerPlan
+from qsched_export.plan import SamplerPlan
 
 NAME = "euler_a"
 SCHEDULER_CLASSES = ("EulerAncestralDiscreteScheduler",)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from qsched_export.errors import QSchedError
-from qsched_export.sampler.plan import SamplerPlan
+from qsched_export.plan import SamplerPlan
 
 NAME = "flow_euler"
 SCHEDULER_CLASSES = ("FlowMatchEulerDiscreteScheduler",)

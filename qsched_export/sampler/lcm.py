@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from qsched_export.sampler.plan import SamplerPlan
+from qsched_export.plan import SamplerPlan
 from qsched_export.sampler.predictions import check_prediction_type, predicted_original
 
 NAME = "lcm"

@@ -7,7 +7,7 @@ import pytest
 
 from qsched_export.errors import QSchedError
 from qsched_export.sampler import FAMILIES, SCHEDULER_TO_FAMILY, get_family, make_plan
-from qsched_export.sampler.plan import QSchedCoefficients, SamplerPlan
+from qsched_export.plan import QSchedCoefficients, SamplerPlan
 
 
 def test_ramp_is_linspace():

@@ -4,6 +4,9 @@ A `SamplerPlan` is everything the step math needs, as plain floats: the timestep
 denoiser, the divisor applied to its input, and each family's own per-step constants
 (alphas, sigmas, c_skip/c_out ...). The PyTorch loop reads it, the ONNX exporter bakes it into
 the graph as constants, and the manifest records it, so the three cannot disagree.
+
+Torch-free (the qsched.json reader and the torch-free side import it); the step math that uses
+it lives in qsched_export/sampler/.
 """
 
 from __future__ import annotations
