@@ -13,8 +13,6 @@ damaged one (`{bad}`). Every case asserts:
 - that nothing changed in the scratch folder or the shared inputs except the paths the case
   lists in `writes` (no half-written output, no temp folder, special files still special).
 
-A case whose fix belongs to another file's owner is marked `xfail(strict=True)` with what to fix
-where: it fails today, and turns into an XPASS failure once fixed, so the marker comes off.
 Set QSCHED_MATRIX_REPORT=file.jsonl to record each case's exit code and message, and
 QSCHED_MATRIX_FORBID=0 to let every command run its course instead of stopping it at its work
 (the before/after tables in the issue's closing note are recorded so, on main and on this branch).
@@ -43,7 +41,6 @@ class Case:
     damage: str | None = None  # a damaged copy of the good artifact at {bad} (damage.DAMAGE)
     writes: tuple[str, ...] = ()  # paths (under {work}) the case may create or change
     cwd: str = "{work}"
-    xfail: str | None = None  # "<owner>: what to fix where"
     needs: str | None = None  # "root" | "proc" | "no-tensorrt"
     forbid: str | None = "work"  # "work": an error case must fail before BEFORE_WORK[command]; None: it may need that work
 
@@ -206,8 +203,7 @@ def _record(case: Case, result) -> None:
 
 
 def _param(case: Case):
-    marks = [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
-    return pytest.param(case, id=case.id, marks=marks)
+    return pytest.param(case, id=case.id)
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES])
