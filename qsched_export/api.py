@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qsched_export import outputs
@@ -102,7 +102,6 @@ class BuildResult:
     image_seconds: float
     runtime: str
     coefficients: Path | None = None  # the qsched.json used (None: all ones, or --from)
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

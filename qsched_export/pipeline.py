@@ -42,10 +42,10 @@ def resolve_model(model: str | None) -> str:
     return model
 
 
-def model_source(model: str | None, loras: tuple[LoraSpec, ...] = ()) -> ModelSource:
-    """The id recorded for `model` (our samples as `samples/<name>`, whatever path reached them)."""
-    source = resolve_model(model)
-    path = Path(source)
+def _model_source(model: str | None, resolved: str, loras: tuple[LoraSpec, ...]) -> ModelSource:
+    """The id recorded for `model` (`resolved` by `resolve_model`): our samples as `samples/<name>`,
+    whatever path reached them, anything else as given."""
+    path = Path(resolved)
     sample = path.exists() and path.resolve().parent == SAMPLES_DIR.resolve()
     return ModelSource(f"samples/{path.resolve().name}" if sample else str(model), sample, tuple(loras))
 
@@ -68,7 +68,7 @@ def load_pipeline(model: str | None = None, *, scheduler: str | None = None, lor
     family_for_scheduler(pipe.scheduler)  # fail early on an unsupported scheduler
     pipe.set_progress_bar_config(disable=True)
     fused = fuse_loras(pipe, tuple(loras))
-    return pipe, model_source(model, fused)
+    return pipe, _model_source(model, source, fused)
 
 
 def open_backbone(model: str | None = None, *, scheduler: str | None = None, loras: Sequence[LoraSpec] = (), guidance: float | None = None,

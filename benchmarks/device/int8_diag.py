@@ -99,7 +99,6 @@ def _conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
 
 def _qdq_model(kind: str, x_shape, wq: np.ndarray, w_scale: np.ndarray, sx: float, sy: float, stride: int = 1, pad: int = 0, opset: int = 20):
     """The exporter's pattern around one Conv / MatMul (qdq.py), float in, float out."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(wq.astype(np.int8), "w_q"), numpy_helper.from_array(w_scale.astype(np.float32), "w_scale"),

@@ -13,9 +13,9 @@ import shlex
 import shutil
 from pathlib import Path
 
-from qsched_export.targets.output import atomic_dir
 from qsched_export.targets.tensorrt import graph_paths, require_tensorrt_form
 from qsched_export.targets.tensorrt_contract import DEFAULT_PROFILES, require_contract
+from runtimes.files import staged_dir
 from runtimes.manifest import Manifest, load_manifest, write_manifest
 
 BUILD_SCRIPT = "build_engine.sh"
@@ -112,7 +112,7 @@ def make_bundle(artifact_dir: str | Path, out_dir: str | Path, *, bits: int, ove
     require_tensorrt_form(manifest)
     require_contract(graph_paths(src, manifest), DEFAULT_PROFILES)
     workspace_mib = workspace_mib or DEFAULT_WORKSPACE_MIB
-    with atomic_dir(out_dir, overwrite) as tmp:
+    with staged_dir(out_dir, overwrite) as tmp:
         for rel in manifest.files:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, tmp / rel)

@@ -9,16 +9,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from runtimes.files import check_output_folder, staged_dir
 from runtimes.manifest import GraphSpec, Manifest, artifact_path, write_manifest
 
 # Called with the staging folder once a target's output is complete (manifest written); raising
 # keeps the previous output. The build API passes its parity check here.
 Verify = Callable[[Path], None]
-
-# The names bundle.py and cli/build.py import until they call runtimes.files directly.
-atomic_dir = staged_dir
-refuse_existing = check_output_folder
 
 
 def copy_runtime_files(src: Path, dst: Path, manifest: Manifest) -> None:
