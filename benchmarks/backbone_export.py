@@ -7,8 +7,11 @@ graph's size against FP32, and ONNX Runtime CPU latency with the cosine to the P
     python benchmarks/backbone_export.py --backbone flux --double 2 --single 4 --out benchmarks/results/backbone_export_flux.json
     python benchmarks/backbone_export.py --backbone sdxl --small --out /tmp/x.json     # 1/8 width: checks the script
 
-Each scheme runs in its own process (its peak RSS is its own) and `--budget` seconds bound the
-whole run: a scheme that would start after it is recorded as not run. Activation ranges for static
+Each scheme exports in its own process (its peak RSS is its own); `--jobs N` runs N exports at once
+(export seconds then include the contention, recorded as `jobs`), and the latency of each scheme is
+timed afterwards, one process at a time, on an otherwise idle CPU. `--budget` seconds bound the
+whole run: a scheme that would start after it is recorded as not run. `--merge` adds the rows of
+this run to an existing report of the same backbone (a long benchmark split across calls). Activation ranges for static
 schemes come from one observed sampler step (random weights: this measures speed and size, not
 image quality). For FLUX the per-block parameter counts and export seconds are extrapolated to
 FLUX.1's 19 double + 38 single blocks.
@@ -42,43 +45,100 @@ def build(args, folder: Path) -> Path:
     return save_full_width_flux(folder, double=args.double, single=args.single, small=args.small)
 
 
-def one_scheme(args) -> dict:
-    """Child process: export one scheme, time ONNX Runtime on the golden inputs, report peak RSS."""
-    import numpy as np
-    import onnxruntime as ort
-
+def export_one(args) -> dict:
+    """Child process: export one scheme into `args.work / scheme`, report its size and peak RSS."""
     from qsched_export.export import ExportConfig, export_artifact
     from runtimes.manifest import load_manifest
 
     started = time.perf_counter()
     artifact = export_artifact(ExportConfig(out=args.work / args.one, model=str(args.model), scheme=args.one, coeffs=args.qsched, steps=1))
     export_s = time.perf_counter() - started
-    manifest = load_manifest(artifact, verify=False)
-    q = manifest.quantization
-    row = {"scheme": args.one, "export_seconds": round(export_s, 1), "graph_export_seconds": q["export_seconds"],
-           "denoise_bytes": q["onnx_bytes"]["denoise"], "layers_quantized": len(q["quantized"]), "layers_float": len(q["skipped"]),
-           "model_parameter_bytes": q["bytes_before"]}
-    if args.latency_runs:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.log_severity_level = 3
+    q = load_manifest(artifact, verify=False).quantization
+    return {"scheme": args.one, "export_seconds": round(export_s, 1), "graph_export_seconds": q["export_seconds"],
+            "denoise_bytes": q["onnx_bytes"]["denoise"], "layers_quantized": len(q["quantized"]), "layers_float": len(q["skipped"]),
+            "model_parameter_bytes": q["bytes_before"],
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def time_one(args) -> dict:
+    """Child process: ONNX Runtime CPU latency of one exported scheme on its golden inputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    artifact = args.work / args.one
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(str(artifact / "denoise.onnx"), options, providers=["CPUExecutionProvider"])
+    session_s = time.perf_counter() - t0
+    golden = dict(np.load(artifact / "golden.npz"))
+    feeds = {i.name: golden[i.name] for i in session.get_inputs()}
+    session.run(None, feeds)  # warm-up
+    times = []
+    for _ in range(args.latency_runs):
         t0 = time.perf_counter()
-        session = ort.InferenceSession(str(artifact / "denoise.onnx"), options, providers=["CPUExecutionProvider"])
-        row["session_seconds"] = round(time.perf_counter() - t0, 1)
-        golden = dict(np.load(artifact / "golden.npz"))
-        feeds = {i.name: golden[i.name] for i in session.get_inputs()}
-        session.run(None, feeds)  # warm-up
-        times = []
-        for _ in range(args.latency_runs):
-            t0 = time.perf_counter()
-            final = session.run(["final_latents"], feeds)[0]
-            times.append(time.perf_counter() - t0)
-        ref = golden["fp32/final_latents"].ravel().astype(np.float64)
-        out = final.ravel().astype(np.float64)
-        row.update(seconds_per_step=round(min(times), 3), cosine_vs_fp32=float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))))
-    row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    shutil.rmtree(artifact)  # an SDXL artifact is GBs: one at a time on disk
-    return row
+        final = session.run(["final_latents"], feeds)[0]
+        times.append(time.perf_counter() - t0)
+    ref = golden["fp32/final_latents"].ravel().astype(np.float64)
+    out = final.ravel().astype(np.float64)
+    return {"session_seconds": round(session_s, 1), "seconds_per_step": round(min(times), 3),
+            "cosine_vs_fp32": float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))),
+            "latency_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def child(args, scheme: str, mode: str) -> tuple[list[str], Path]:
+    out = args.work_dir / f"{scheme}.{mode}.json"
+    return [sys.executable, __file__, "--one", scheme, "--mode", mode, "--model", str(args.model_dir), "--qsched",
+            str(args.qsched_file), "--work", str(args.work_dir), "--out", str(out), "--latency-runs", str(args.latency_runs)], out
+
+
+def finish(result: subprocess.CompletedProcess, out: Path) -> dict:
+    if result.returncode != 0:
+        return {"failed": (result.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(out.read_text())
+
+
+def run_exports(args, started: float) -> list[dict]:
+    """Exports `args.jobs` at a time, then times the latency of each, alone."""
+    rows, running, pending = {}, [], list(args.schemes)
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            scheme = pending.pop(0)
+            if time.perf_counter() - started > args.budget:
+                rows[scheme] = {"scheme": scheme, "not_run": f"the {args.budget:.0f} s budget was spent"}
+                continue
+            cmd, out = child(args, scheme, "export")
+            running.append((scheme, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out))
+        time.sleep(1)
+        for item in [r for r in running if r[1].poll() is not None]:
+            scheme, proc, out = item
+            running.remove(item)
+            stdout, stderr = proc.communicate()
+            rows[scheme] = {"scheme": scheme, "jobs": args.jobs,
+                            **finish(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out)}
+            print(json.dumps(rows[scheme]), flush=True)
+    for scheme in args.schemes:
+        if scheme in args.latency and "denoise_bytes" in rows[scheme]:
+            cmd, out = child(args, scheme, "latency")
+            rows[scheme].update(finish(subprocess.run(cmd, capture_output=True, text=True), out))
+            print(json.dumps({"scheme": scheme, **{k: rows[scheme].get(k) for k in ("seconds_per_step", "cosine_vs_fp32", "failed")}}), flush=True)
+        if (args.work_dir / scheme).exists():
+            shutil.rmtree(args.work_dir / scheme)  # an SDXL artifact is GBs
+    return [rows[s] for s in args.schemes]
+
+
+def merged(previous: dict, report: dict) -> dict:
+    """The rows of an earlier run of the same benchmark, with this run's rows replacing theirs."""
+    keys = ("backbone", "small", "parameters")
+    if any(previous.get(k) != report[k] for k in keys):
+        raise SystemExit(f"--merge: {previous.get('backbone')} report differs in {keys}; write to another --out")
+    ours = {r["scheme"] for r in report["rows"]}
+    rows = [r for r in previous["rows"] if r["scheme"] not in ours] + report["rows"]
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    rows.sort(key=lambda r: order.get(r["scheme"], len(order)))
+    return {**report, "rows": rows, "runs": previous.get("runs", [previous["command"]]) + [report["command"]],
+            "seconds": round(previous["seconds"] + report["seconds"], 1)}
 
 
 def main() -> None:
@@ -91,15 +151,20 @@ def main() -> None:
     p.add_argument("--single", type=int, default=4, help="FLUX single-stream blocks")
     p.add_argument("--small", action="store_true", help="1/8 width: a quick check of the script")
     p.add_argument("--budget", type=float, default=1e9, help="seconds; no scheme starts after this")
+    p.add_argument("--jobs", type=int, default=1, help="exports run at once (each needs its own peak RAM)")
+    p.add_argument("--merge", action="store_true", help="add these rows to the report already at --out")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=("export", "latency"), help=argparse.SUPPRESS)
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--qsched", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        args.out.write_text(json.dumps(one_scheme(args)))
+        args.out.write_text(json.dumps(export_one(args) if args.mode == "export" else time_one(args)))
         return
+    if args.merge and not args.out.is_file():
+        raise SystemExit(f"--merge: no report at {args.out} to add to; run without --merge first")
 
     import torch
 
@@ -123,20 +188,15 @@ def main() -> None:
                       "single_block_parameters": sum(p.numel() for p in t.single_transformer_blocks[0].parameters()),
                       "double": args.double, "single": args.single}
         del backbone
-        rows = []
-        for scheme in args.schemes:
-            if time.perf_counter() - started > args.budget:
-                rows.append({"scheme": scheme, "not_run": f"the {args.budget:.0f} s budget was spent"})
-                continue
-            child_out = work / f"{scheme}.json"
-            cmd = [sys.executable, __file__, "--one", scheme, "--model", str(model), "--qsched", str(qsched), "--work", str(work),
-                   "--out", str(child_out), "--latency-runs", str(args.latency_runs if scheme in args.latency else 0)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                rows.append({"scheme": scheme, "failed": (result.stderr.strip().splitlines() or ["?"])[-1][:300]})
-            else:
-                rows.append(json.loads(child_out.read_text()))
-            print(json.dumps(rows[-1]), flush=True)
+        args.model_dir, args.qsched_file, args.work_dir = model, qsched, work
+        rows = run_exports(args, started)
+    report = {"backbone": args.backbone, "small": args.small, "parameters": params, **blocks, "build_seconds": round(built_s, 1),
+              "rows": rows, "seconds": round(time.perf_counter() - started, 1),
+              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "command": "python benchmarks/backbone_export.py " + " ".join(a if not a.startswith("/") else Path(a).name for a in sys.argv[1:])}
+    if args.merge:
+        report = merged(json.loads(args.out.read_text()), report)
+    rows = report["rows"]
     fp32 = next((r["denoise_bytes"] for r in rows if r.get("scheme") == "fp32" and "denoise_bytes" in r), None)
     for r in rows:
         if fp32 and "denoise_bytes" in r:
@@ -151,10 +211,7 @@ def main() -> None:
             if "export_seconds" in r:
                 r["flux1_export_seconds_extrapolated"] = round(r["export_seconds"] * blocks["flux1_scale"], 0)
                 r["flux1_denoise_gb_extrapolated"] = round(r["denoise_bytes"] * blocks["flux1_scale"] / 1e9, 2)
-    report = {"backbone": args.backbone, "small": args.small, "parameters": params, **blocks, "build_seconds": round(built_s, 1),
-              "rows": rows, "seconds": round(time.perf_counter() - started, 1), "cpu": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": "python benchmarks/backbone_export.py " + " ".join(a if not a.startswith("/") else Path(a).name for a in sys.argv[1:])}
+        report.update(blocks)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{args.backbone}: {params / 1e9:.2f} B parameters; " + "; ".join(

@@ -233,7 +233,8 @@ def main() -> None:
 
 def _config(args) -> dict:
     """The command-line settings as the JSON records them."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    # A path is recorded as given, but a machine's absolute folder is not: only the file's name.
+    return {k: ((v.name if v.is_absolute() else str(v)) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 # The settings rows of one table must share; steps, schemes and what else a run adds may differ.
