@@ -15,5 +15,11 @@ class UserError(Exception):
         super().__init__(f"{problem} ({fix})" if fix else problem)
 
 
+class ArtifactError(UserError):
+    """An artifact folder that cannot be used as it is (missing, tampered, unknown version, a
+    manifest record without the fields this version writes). Lives here so that every module the
+    manifest reads (runtimes.schemes too) can raise it; `runtimes.manifest` re-exports it."""
+
+
 class RunnerError(UserError):
     """A runner that cannot start or cannot take the given inputs."""

@@ -11,7 +11,7 @@ Torch-free on purpose (stdlib only): a Jetson with only onnxruntime or tensorrt 
 
 from __future__ import annotations
 
-from runtimes.errors import UserError
+from runtimes.errors import ArtifactError
 from runtimes.files import atomic_file, is_owned_temp
 from runtimes.schemes import TARGET_FORMS
 
@@ -25,10 +25,6 @@ SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 # Written next to the graphs after the manifest, so never hashed into it.
 UNHASHED = (MANIFEST_NAME, "parity.json")
-
-
-class ArtifactError(UserError):
-    """An artifact folder that cannot be used as it is (missing, tampered, unknown version)."""
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from runtimes.errors import UserError
+from runtimes.errors import ArtifactError, UserError
 
 TARGETS = ("tensorrt", "onnxruntime", "ort-mobile")
 BITS = (4, 8, 16, 32)  # what `--bits` accepts
@@ -64,6 +64,20 @@ WEIGHT_RANGES = ("full", "7bit")
 PLACEMENTS = ("onnxruntime", "tensorrt")
 # Int8 attention's probabilities P lie in [0, 1]: a fixed scale, nothing to calibrate.
 ATTENTION_PROBS_SCALE = 1.0 / 127.0
+# Every key of a scheme record (`Scheme.to_dict`; bits, weight_bits and weight_range are derived).
+SCHEME_RECORD_KEYS = ("name", "bits", "weight_bits", "float_dtype", "placement", "weight_range", "int8_attention", "linear", "conv")
+# What a reader says about a record written by another qsched-export version (as for a manifest's schema_version).
+_REEXPORT = "re-export the artifact with this qsched-export version, or install the version that wrote it"
+
+
+def _check_record_keys(data: dict, expected, where: str) -> None:
+    """Refuse a record that lacks any of the `expected` keys or holds others: a default would
+    silently stand in for what the writer meant. One `ArtifactError` names them all."""
+    missing = [key for key in expected if key not in data]
+    unknown = sorted(str(key) for key in set(data) - set(expected))
+    parts = ([f"lacks field(s) {', '.join(missing)}"] if missing else []) + ([f"has unknown field(s) {', '.join(unknown)}"] if unknown else [])
+    if parts:
+        raise ArtifactError(f"{where}: the record {' and '.join(parts)}", _REEXPORT)
 
 
 class SchemeError(UserError):
@@ -153,10 +167,10 @@ class LayerQuant:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "scheme") -> "LayerQuant":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SchemeError(f"{where}: unknown layer field(s) {', '.join(unknown)}", "upgrade qsched-export to read this artifact")
+        """The layer a scheme record holds (`asdict`): every field, no other."""
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where}: the layer record is a {type(data).__name__}, not an object of fields", _REEXPORT)
+        _check_record_keys(data, [f.name for f in fields(cls)], where)
         spec = cls(**data)
         spec.check(where)
         return spec
@@ -275,15 +289,16 @@ class Scheme:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Scheme":
-        """The scheme a manifest records (`to_dict`); older manifests lack the newer fields, which
-        then take the values their graphs were written with (placement "onnxruntime", no int8 attention)."""
+        """The scheme a manifest records (`to_dict`). A record with a key missing or unknown (one
+        another qsched-export version wrote) is refused with an `ArtifactError`, never completed
+        with defaults its graphs may not have been written with."""
         if not isinstance(data, dict) or "name" not in data:
-            raise SchemeError("the manifest's scheme is not a scheme record", "re-export the artifact")
+            raise ArtifactError("the manifest's scheme is not a scheme record", _REEXPORT)
         name = str(data["name"])
-        layers = {kind: None if data.get(kind) is None else LayerQuant.from_dict(dict(data[kind]), f"scheme {name} ({kind})")
+        _check_record_keys(data, SCHEME_RECORD_KEYS, f"the manifest's scheme {name}")
+        layers = {kind: None if data[kind] is None else LayerQuant.from_dict(data[kind], f"the manifest's scheme {name} ({kind})")
                   for kind in ("linear", "conv")}
-        return cls(name, layers["linear"], layers["conv"], str(data.get("float_dtype", "float32")), bool(data.get("int8_attention", False)),
-                   str(data.get("placement", "onnxruntime")))
+        return cls(name, layers["linear"], layers["conv"], str(data["float_dtype"]), bool(data["int8_attention"]), str(data["placement"]))
 
     def describe(self) -> str:
         """One line for the CLI, e.g. "Linear int8 weights, static int8 activations; Conv ...; int8 attention"."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from qsched_export.testing import save_tiny_flux, save_tiny_sd, save_tiny_sdxl
+
+sys.path.insert(0, str(Path(__file__).parent))  # onnx_models: every room's hand-built ONNX models
 
 SAVERS = {"sd": save_tiny_sd, "sdxl": save_tiny_sdxl, "flux": save_tiny_flux}
 

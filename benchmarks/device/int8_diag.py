@@ -117,7 +117,7 @@ def _qdq_model(kind: str, x_shape, wq: np.ndarray, w_scale: np.ndarray, sx: floa
               helper.make_node("DequantizeLinear", ["y_q", "y_scale", "zp"], ["out"])]
     graph = helper.make_graph(nodes, "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)  # the exporter's IR version
 
 
 def _session(model_bytes: bytes, threads: int | None, level=None, optimized_path: str | None = None):

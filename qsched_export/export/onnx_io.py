@@ -13,10 +13,14 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from qsched_export.errors import QSchedError
+
+if TYPE_CHECKING:  # onnx is imported where it is used; the annotations only name it
+    import onnx
 
 TWO_GB = 2**31
 GRAPH_ROOM = 2**27  # 128 MiB for nodes and constants besides the initializers
@@ -79,7 +83,7 @@ EXPORTERS = ("torchscript", "dynamo")
 
 
 def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names, output_names, opset: int,
-                  microsoft_ops: bool = False, exporter: str | None = None) -> "onnx.ModelProto":
+                  microsoft_ops: bool = False, exporter: str | None = None) -> onnx.ModelProto:
     """Trace `module(*args)` with static shapes and return the ModelProto (weights loaded), ready for
     saving. `microsoft_ops` declares the com.microsoft domain (MatMulNBits). The trace goes to a
     scratch file beside `path` so external data never mixes. `exporter`: "torchscript" (default)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx_models import make_model
 
 
 def run(graph: onnx.GraphProto, feeds: dict, opset: int = 21, ms_domain: bool = False) -> np.ndarray:
     import onnxruntime as ort
 
-    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("com.microsoft", 1)] if ms_domain else [])
-    model = helper.make_model(graph, opset_imports=imports)
-    model.ir_version = 10
+    model = make_model(graph, opset, ms_domain=ms_domain)
     onnx.checker.check_model(model, full_check=True)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the nodes as written

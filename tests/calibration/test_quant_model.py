@@ -15,6 +15,7 @@ from qsched_export.quant import (
 )
 from qsched_export.testing import tiny_sd_components
 from runtimes.cpu import CpuInfo
+from runtimes.manifest import ArtifactError
 
 # The tiny UNet: 4 transformer blocks x (2 attentions x 4 projections + 2 feed-forward) + 8 ResNet
 # time_emb_proj = 48 Linear; 31 Conv2d (5 of them conv_shortcut); kept in float: conv_in, conv_out
@@ -164,13 +165,15 @@ def test_placement_and_weight_range_per_target():
         scheme_for("onnxruntime", 32, int8_attention=True)
     with pytest.raises(SchemeError, match="int8 attention needs a scheme with static int8 activations"):
         Scheme("bad", linear=get_scheme("w4a8").linear, int8_attention=True)
-    # A manifest's record round-trips, and an old one (no placement, no attention) reads as it was written.
+    # A manifest's record round-trips; one without the newer fields (no placement, no attention) is
+    # refused, not read with defaults its graphs may not have been written with.
     for scheme in (ort_avx2, trt, scheme_for("onnxruntime", 8, int8_attention=True), get_scheme("w4a8s"), get_scheme("fp16")):
         assert Scheme.from_dict(scheme.to_dict()) == scheme
     old = {k: v for k, v in ort_avx2.to_dict().items() if k not in ("placement", "int8_attention", "bits", "weight_range")}
-    assert Scheme.from_dict(old) == ort_avx2
-    with pytest.raises(SchemeError, match="unknown layer field"):
-        Scheme.from_dict({**old, "linear": {**old["linear"], "sparsity": 2}})
+    with pytest.raises(ArtifactError, match="lacks field\\(s\\) bits, placement, weight_range, int8_attention"):
+        Scheme.from_dict(old)
+    with pytest.raises(ArtifactError, match="has unknown field\\(s\\) sparsity"):
+        Scheme.from_dict({**ort_avx2.to_dict(), "linear": {**ort_avx2.to_dict()["linear"], "sparsity": 2}})
 
 
 def test_study_schemes_lose_more_than_the_exported_ones(unet, batches):

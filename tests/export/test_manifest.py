@@ -7,13 +7,14 @@ import json
 import pytest
 
 from runtimes.manifest import SCHEMA_VERSION, ArtifactError, GraphSpec, ImageSpec, Manifest, TensorSpec, TokenizerSpec, load_manifest, write_manifest
+from runtimes.schemes import SCHEMES
 
 
 def _manifest() -> Manifest:
     return Manifest(
         tools={"qsched_export": "0.1.0"}, model={"id": "m", "pipeline_class": "StableDiffusionPipeline", "backbone": "sd", "family": "lcm"},
         sampler={"family": "lcm", "timesteps": [999.0, 499.0]}, steps=2, guidance_scale=2.0, do_cfg=True,
-        scheme={"name": "w8a8"}, target_form="qdq", coefficients={"latent_coeff": [0.9, 1.0], "output_coeff": [1.1, 1.0]},
+        scheme=SCHEMES["w8a8"].to_dict(), target_form="qdq", coefficients={"latent_coeff": [0.9, 1.0], "output_coeff": [1.1, 1.0]},
         image=ImageSpec(64, 64, 1), latent_shape=(1, 4, 8, 8), opset=20,
         graphs={"denoise": GraphSpec("denoise.onnx", {"latents": TensorSpec((1, 4, 8, 8), "float32")}, {"final_latents": TensorSpec((1, 4, 8, 8), "float32")})},
         tokenizers=(TokenizerSpec("tokenizer", "input_ids", "tokenizer", "tokenizer.json", 77, 49407, 49406, 49407),

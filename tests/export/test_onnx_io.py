@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_models import make_model
 
 
 def _matmul_model(weight: np.ndarray) -> onnx.ModelProto:
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, weight.shape[0]])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, weight.shape[1]])], [numpy_helper.from_array(weight, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    return make_model(graph, 21)
 
 
 def test_large_models_use_one_external_data_file(tmp_path, monkeypatch):
@@ -40,7 +47,7 @@ def test_int4_packing_round_trips_and_runs(tmp_path):
     graph = helper.make_graph([helper.make_node("DequantizeLinear", ["w", "s"], ["y"], axis=0, block_size=2)], "g", [],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
                               [numpy_helper.from_array(values, "w"), numpy_helper.from_array(scale, "s")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model = make_model(graph, 21)
     assert pack_int4_weights(model) == 1
     weight = model.graph.initializer[0]
     assert weight.data_type == TensorProto.INT4 and len(weight.raw_data) == 8
@@ -92,3 +99,32 @@ def test_ir_lint_skip_is_scoped_and_changes_no_byte(tmp_path, monkeypatch):
     # Outside the range where skipping was measured, the exporter lints as torch does.
     monkeypatch.setattr(onnx_io, "LINT_SKIP_TORCH", ((1, 0), (1, 13)))
     assert not onnx_io.lint_skipped()
+
+
+def test_hand_built_models_carry_the_exporters_ir_version():
+    """Every ONNX model a test builds by hand goes through tests/onnx_models.make_model: IR version
+    10, as the exporter writes, not the onnx package's default (14 with onnx 1.23), which an older
+    ONNX Runtime refuses to load. Coverage guard: no test calls onnx.helper.make_model itself."""
+    import onnx_models
+
+    tests = Path(__file__).parents[1]
+    direct = re.compile(r"helper\.make_model\(|from onnx\.helper import [^\n]*\bmake_model\b")
+    callers = sorted(str(p.relative_to(tests)) for p in tests.rglob("*.py")
+                     if p.name != "onnx_models.py" and direct.search(p.read_text(encoding="utf-8")))
+    assert not callers, f"build test models with onnx_models.make_model, not onnx.helper.make_model: {', '.join(callers)}"
+    weight = np.ones((4, 4), np.float32)
+    assert _matmul_model(weight).ir_version == onnx_models.IR_VERSION == 10
+    model = onnx_models.make_model(_matmul_model(weight).graph, 17, ms_domain=True)
+    assert model.ir_version == 10 and {(o.domain, o.version) for o in model.opset_import} == {("", 17), ("com.microsoft", 1)}
+    with pytest.raises(ValueError, match="opset 23 needs IR version 11"):
+        onnx_models.make_model(model.graph, 23)
+
+
+def test_onnx_io_names_no_undefined_types():
+    """ruff's undefined-name check (F821) on the exporter: a string annotation that names a module
+    the file never imports (onnx_io's `onnx.ModelProto`) breaks `typing.get_type_hints` and tools."""
+    pytest.importorskip("ruff", reason="pip install ruff (in the dev extra) to lint the exporter")
+    package = Path(__file__).parents[2] / "qsched_export"
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F821", "--output-format", "concise", str(package)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import convert_model_to_external_data
+from onnx_models import make_model
 
 from runtimes.manifest import ArtifactError, artifact_path, hash_folder, load_manifest, write_manifest
 from runtimes.onnx_external import external_data_locations
@@ -110,7 +111,7 @@ def _external_model(tmp_path: Path) -> Path:
          helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch), helper.make_node("Add", ["y1", "z"], ["y"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 8]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8])], [big("w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = make_model(graph, 17)
     convert_model_to_external_data(model, all_tensors_to_one_file=False, size_threshold=0, convert_attribute=True)
     path = tmp_path / "m.onnx"
     onnx.save_model(model, path)

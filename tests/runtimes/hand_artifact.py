@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx_models import make_model
 
 from runtimes.manifest import GraphSpec, ImageSpec, Manifest, TensorSpec, TokenizerSpec, write_manifest
 from runtimes.schemes import SCHEMES
@@ -27,7 +28,7 @@ def _model(nodes, inputs, outputs, inits, opset=21):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
                               [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
                               [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    model = make_model(graph, opset)
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from runtimes import cpu
+from runtimes.manifest import ArtifactError
 from runtimes.schemes import SCHEMES, Scheme, SchemeError, default_weight_range, require_cpu_support, scheme_for
 
 # The first entries of real /proc/cpuinfo files, cut to the lines the probe reads.
@@ -90,5 +91,38 @@ def test_scheme_records_are_torch_free_and_complete():
         record = scheme.to_dict()
         assert Scheme.from_dict(json.loads(json.dumps(record))) == scheme
         assert record["bits"] == scheme.bits and record["placement"] in ("onnxruntime", "tensorrt")
-    with pytest.raises(SchemeError, match="not a scheme record"):
+    with pytest.raises(ArtifactError, match="not a scheme record"):
         Scheme.from_dict(["w8a8"])
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("placement"), "scheme w8a8: the record lacks field[(]s[)] placement [(]re-export the artifact with this qsched-export version"),
+    (lambda r: [r.pop(key) for key in ("int8_attention", "float_dtype")], "lacks field[(]s[)] float_dtype, int8_attention [(]"),
+    (lambda r: r.update(sparsity=2), "scheme w8a8: the record has unknown field[(]s[)] sparsity [(]re-export"),
+    (lambda r: [r.pop("conv"), r.update(sparsity=2)], "lacks field[(]s[)] conv and has unknown field[(]s[)] sparsity"),
+    (lambda r: r["linear"].pop("reduce_range"), r"scheme w8a8 \(linear\): the record lacks field\(s\) reduce_range"),
+    (lambda r: r["conv"].update(sparsity=2), r"scheme w8a8 \(conv\): the record has unknown field\(s\) sparsity"),
+    (lambda r: r.update(linear=[8]), r"scheme w8a8 \(linear\): the layer record is a list"),
+])
+def test_incomplete_scheme_records_are_refused(change, message):
+    """A manifest's scheme record with a field missing or unknown (another version wrote it) is an
+    ArtifactError of one line naming the fields and the fix, never filled in with defaults."""
+    record = json.loads(json.dumps(SCHEMES["w8a8"].to_dict()))
+    change(record)
+    with pytest.raises(ArtifactError, match=message) as info:
+        Scheme.from_dict(record)
+    assert "\n" not in str(info.value)
+
+
+def test_check_refuses_an_artifact_whose_scheme_record_is_incomplete(hand_artifact, tmp_path):
+    """`check` on an artifact whose manifest's scheme lacks a field: the ArtifactError, no parity.json."""
+    from runtimes.parity import check_artifact
+
+    folder = tmp_path / "artifact"
+    shutil.copytree(hand_artifact, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["scheme"]["placement"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"scheme w8a8: the record lacks field\(s\) placement"):
+        check_artifact(folder)
+    assert not (folder / "parity.json").exists()

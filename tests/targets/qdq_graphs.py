@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx_models import make_model
 
 RNG = np.random.default_rng(0)
 
@@ -39,7 +40,7 @@ def int8_matmul_conv(opset: int = 21, *, act_zp_dtype=TensorProto.INT8) -> onnx.
     ]
     graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 6])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    return make_model(graph, opset)
 
 
 def int4_block_matmul(k: int = 64, n: int = 16, block: int = 32, opset: int = 21, weight_shape=None, consumer: str = "MatMul") -> onnx.ModelProto:
@@ -58,7 +59,7 @@ def int4_block_matmul(k: int = 64, n: int = 16, block: int = 32, opset: int = 21
         x_shape, y_shape = [1, shape[1], 8, 8], [1, shape[0], 8 - shape[2] + 1, 8 - shape[3] + 1]
     graph = helper.make_graph(nodes, "int4", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    return make_model(graph, opset)
 
 
 def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:

@@ -20,6 +20,7 @@ from runtimes.errors import RunnerError
 from runtimes.files import OutputError
 from runtimes.manifest import load_manifest
 from runtimes.parity import check_artifact
+from runtimes.schemes import SCHEMES
 
 tensorrt_absent = pytest.mark.skipif("tensorrt" in sys.modules or __import__("importlib").util.find_spec("tensorrt") is not None,
                                      reason="tests the missing-TensorRT branch; this machine has the tensorrt package")
@@ -120,7 +121,7 @@ def test_one_tensorrt_import_and_engine_suffix():
 def test_matmulnbits_artifact_is_not_for_tensorrt(hand_artifact):
     from dataclasses import replace
 
-    manifest = replace(load_manifest(hand_artifact), target_form="matmulnbits", scheme={"name": "w4a8"})
+    manifest = replace(load_manifest(hand_artifact), target_form="matmulnbits", scheme=SCHEMES["w4a8"].to_dict())
     with pytest.raises(QSchedError, match="MatMulNBits"):
         require_tensorrt_form(manifest)
 

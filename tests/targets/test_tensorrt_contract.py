@@ -129,8 +129,8 @@ def test_unsupported_op_names_the_profile():
 
 @pytest.mark.parametrize("opset,profiles,bad", [(8, ("10.3",), True), (22, ("10.3",), True), (22, ("10.15",), False), (25, ("10.15",), True)])
 def test_opset_range_per_version(opset, profiles, bad):
-    model = int8_matmul_conv(opset=opset if opset >= 10 else 21)
-    model.opset_import[0].version = opset
+    model = int8_matmul_conv()
+    model.opset_import[0].version = opset  # restamped: the contract reads the number, nothing loads the model
     assert (("<model>", "opset") in _found(model, profiles)) is bad
 
 
