@@ -3,16 +3,17 @@
 the real exporter, one step unrolled, batch 1. Per scheme: export time, peak RAM, the denoise
 graph's size against FP32, and ONNX Runtime CPU latency with the cosine to the PyTorch FP32 run.
 
-    python benchmarks/backbone_export.py --backbone sdxl --out benchmarks/results/backbone_export_sdxl.json
-    python benchmarks/backbone_export.py --backbone flux --double 2 --single 4 --out benchmarks/results/backbone_export_flux.json
+    python benchmarks/backbone_export.py --backbone sdxl --schemes w8a8 w4a16 w4a8 --latency w8a8 --jobs 3 --merge --out benchmarks/results/backbone_export_sdxl.json
+    python benchmarks/backbone_export.py --backbone flux --double 2 --single 4 --jobs 4 --out benchmarks/results/backbone_export_flux.json
     python benchmarks/backbone_export.py --backbone sdxl --small --out /tmp/x.json     # 1/8 width: checks the script
 
 Each scheme exports in its own process (its peak RSS is its own); `--jobs N` runs N exports at once
 (export seconds then include the contention, recorded as `jobs`), and the latency of each scheme is
 timed afterwards, one process at a time, on an otherwise idle CPU. `--budget` seconds bound the
 whole run: a scheme that would start after it is recorded as not run. `--merge` adds the rows of
-this run to an existing report of the same backbone (a long benchmark split across calls). Activation ranges for static
-schemes come from one observed sampler step (random weights: this measures speed and size, not
+this run to an existing report of the same backbone (a long benchmark split across calls), and
+`--rows-from LOG` writes the report from the rows a run cut short printed. Activation ranges for
+static schemes come from one observed sampler step (random weights: this measures speed and size, not
 image quality). For FLUX the per-block parameter counts and export seconds are extrapolated to
 FLUX.1's 19 double + 38 single blocks.
 """
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -45,19 +46,28 @@ def build(args, folder: Path) -> Path:
     return save_full_width_flux(folder, double=args.double, single=args.single, small=args.small)
 
 
+def peak_rss_gib() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux carries the parent's RSS at the
+    fork across exec into it, so every child of a parent holding a 30 GB model reported the parent's
+    peak (the rows marked `peak_rss_gib_bound` in earlier reports). VmHWM belongs to the exec'd image."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 2**20, 2)
+    raise RuntimeError("no VmHWM in /proc/self/status: this benchmark measures memory on Linux only")
+
+
 def export_one(args) -> dict:
-    """Child process: export one scheme into `args.work / scheme`, report its size and peak RSS."""
+    """Child process: export one scheme into `args.work_dir / scheme`, report its size and peak RSS."""
     from qsched_export.export import ExportConfig, export_artifact
     from runtimes.manifest import load_manifest
 
     started = time.perf_counter()
-    artifact = export_artifact(ExportConfig(out=args.work / args.one, model=str(args.model), scheme=args.one, coeffs=args.qsched, steps=1))
+    artifact = export_artifact(ExportConfig(out=args.work_dir / args.one, model=str(args.model_dir), scheme=args.one, coeffs=args.qsched_file, steps=1))
     export_s = time.perf_counter() - started
     q = load_manifest(artifact, verify=False).quantization
     return {"scheme": args.one, "export_seconds": round(export_s, 1), "graph_export_seconds": q["export_seconds"],
             "denoise_bytes": q["onnx_bytes"]["denoise"], "layers_quantized": len(q["quantized"]), "layers_float": len(q["skipped"]),
-            "model_parameter_bytes": q["bytes_before"],
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "model_parameter_bytes": q["bytes_before"], "peak_rss_gib": peak_rss_gib()}
 
 
 def time_one(args) -> dict:
@@ -65,7 +75,7 @@ def time_one(args) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    artifact = args.work / args.one
+    artifact = args.work_dir / args.one
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.log_severity_level = 3
@@ -84,7 +94,7 @@ def time_one(args) -> dict:
     out = final.ravel().astype(np.float64)
     return {"session_seconds": round(session_s, 1), "seconds_per_step": round(min(times), 3),
             "cosine_vs_fp32": float(out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref))),
-            "latency_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "latency_peak_rss_gib": peak_rss_gib()}
 
 
 def child(args, scheme: str, mode: str) -> tuple[list[str], Path]:
@@ -99,8 +109,9 @@ def finish(result: subprocess.CompletedProcess, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def run_exports(args, started: float) -> list[dict]:
-    """Exports `args.jobs` at a time, then times the latency of each, alone."""
+def run_exports(args, started: float, save) -> list[dict]:
+    """Exports `args.jobs` at a time, then times the latency of each, alone; `save(rows)` after each
+    result, so a run cut short keeps what finished."""
     rows, running, pending = {}, [], list(args.schemes)
     while pending or running:
         while pending and len(running) < args.jobs:
@@ -109,7 +120,10 @@ def run_exports(args, started: float) -> list[dict]:
                 rows[scheme] = {"scheme": scheme, "not_run": f"the {args.budget:.0f} s budget was spent"}
                 continue
             cmd, out = child(args, scheme, "export")
-            running.append((scheme, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out))
+            # N exports each running torch on every core oversubscribe the CPU many times over (measured:
+            # three full-size SDXL exports did not finish in 445 s that take 152 s alone): share the cores.
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+            running.append((scheme, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env), out))
         time.sleep(1)
         for item in [r for r in running if r[1].poll() is not None]:
             scheme, proc, out = item
@@ -118,11 +132,13 @@ def run_exports(args, started: float) -> list[dict]:
             rows[scheme] = {"scheme": scheme, "jobs": args.jobs,
                             **finish(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out)}
             print(json.dumps(rows[scheme]), flush=True)
+            save([rows[s] for s in args.schemes if s in rows])
     for scheme in args.schemes:
         if scheme in args.latency and "denoise_bytes" in rows[scheme]:
             cmd, out = child(args, scheme, "latency")
             rows[scheme].update(finish(subprocess.run(cmd, capture_output=True, text=True), out))
-            print(json.dumps({"scheme": scheme, **{k: rows[scheme].get(k) for k in ("seconds_per_step", "cosine_vs_fp32", "failed")}}), flush=True)
+            print(json.dumps(rows[scheme]), flush=True)
+            save([rows[s] for s in args.schemes])
         if (args.work_dir / scheme).exists():
             shutil.rmtree(args.work_dir / scheme)  # an SDXL artifact is GBs
     return [rows[s] for s in args.schemes]
@@ -153,12 +169,13 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=1e9, help="seconds; no scheme starts after this")
     p.add_argument("--jobs", type=int, default=1, help="exports run at once (each needs its own peak RAM)")
     p.add_argument("--merge", action="store_true", help="add these rows to the report already at --out")
+    p.add_argument("--rows-from", type=Path, help="the log of a run cut short: its printed rows become the report (no export)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=("export", "latency"), help=argparse.SUPPRESS)
-    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--qsched", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--model", type=Path, dest="model_dir", help=argparse.SUPPRESS)
+    p.add_argument("--qsched", type=Path, dest="qsched_file", help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, dest="work_dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         args.out.write_text(json.dumps(export_one(args) if args.mode == "export" else time_one(args)))
@@ -169,54 +186,81 @@ def main() -> None:
     import torch
 
     started = time.perf_counter()
+    previous = json.loads(args.out.read_text()) if args.merge else None
+
+    def save(rows: list[dict]) -> None:
+        report = {"backbone": args.backbone, "small": args.small, **header, "rows": rows, "seconds": round(time.perf_counter() - started, 1),
+                  "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "command": "python benchmarks/backbone_export.py " + " ".join(a if not a.startswith("/") else Path(a).name for a in sys.argv[1:])}
+        if previous is not None:
+            report = merged(previous, report)
+        with_ratios(report)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="backbone-export-") as tmp:
         work = Path(tmp)
         model = build(args, work / "model")
-        built_s = time.perf_counter() - started
-        from qsched_export.testing import write_observed_qsched
+        header = {**model_header(args, model), "build_seconds": round(time.perf_counter() - started, 1)}
+        if args.rows_from:
+            save(logged_rows(args.rows_from))
+        else:
+            from qsched_export.testing import write_observed_qsched
 
-        qsched = write_observed_qsched(model, work / "qsched.json", tuple(args.schemes), steps=1, seed=1,
-                                       prompts=("two small red circles on a blue background",))
-        from qsched_export.pipeline import open_backbone
+            args.qsched_file = write_observed_qsched(model, work / "qsched.json", tuple(args.schemes), steps=1, seed=1,
+                                                     prompts=("two small red circles on a blue background",))
+            args.model_dir, args.work_dir = model, work
+            save(run_exports(args, started, save))
+    rows = json.loads(args.out.read_text())["rows"]
+    print(f"{args.backbone}: {header['parameters'] / 1e9:.2f} B parameters; " + "; ".join(
+        f"{r['scheme']} {r.get('size_vs_fp32', '-')}x {r.get('export_seconds', '-')} s export {r.get('seconds_per_step', '-')} s/step"
+        for r in rows))
 
-        backbone = open_backbone(str(model))
-        params = sum(p.numel() for p in backbone.model.parameters())
-        blocks = {}
-        if args.backbone == "flux":
-            t = backbone.model
-            blocks = {"double_block_parameters": sum(p.numel() for p in t.transformer_blocks[0].parameters()),
-                      "single_block_parameters": sum(p.numel() for p in t.single_transformer_blocks[0].parameters()),
-                      "double": args.double, "single": args.single}
-        del backbone
-        args.model_dir, args.qsched_file, args.work_dir = model, qsched, work
-        rows = run_exports(args, started)
-    report = {"backbone": args.backbone, "small": args.small, "parameters": params, **blocks, "build_seconds": round(built_s, 1),
-              "rows": rows, "seconds": round(time.perf_counter() - started, 1),
-              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": "python benchmarks/backbone_export.py " + " ".join(a if not a.startswith("/") else Path(a).name for a in sys.argv[1:])}
-    if args.merge:
-        report = merged(json.loads(args.out.read_text()), report)
+
+def model_header(args, model: Path) -> dict:
+    from qsched_export.pipeline import open_backbone
+
+    denoiser = open_backbone(str(model)).model
+    header = {"parameters": sum(p.numel() for p in denoiser.parameters())}
+    if args.backbone == "flux":
+        header.update(double_block_parameters=sum(p.numel() for p in denoiser.transformer_blocks[0].parameters()),
+                      single_block_parameters=sum(p.numel() for p in denoiser.single_transformer_blocks[0].parameters()),
+                      double=args.double, single=args.single)
+    return header
+
+
+def logged_rows(log: Path) -> list[dict]:
+    """The rows a run printed before it was cut short (one JSON object per line; a later line of a
+    scheme, its latency, completes the earlier one)."""
+    rows: dict[str, dict] = {}
+    for line in log.read_text().splitlines():
+        if line.startswith('{"scheme"'):
+            row = json.loads(line)
+            rows.setdefault(row["scheme"], {}).update(row)
+    if not rows:
+        raise SystemExit(f"--rows-from: {log} holds no result rows")
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    return sorted(rows.values(), key=lambda r: order.get(r["scheme"], len(order)))
+
+
+def with_ratios(report: dict) -> None:
+    """Size against FP32, and for FLUX the per-block figures extrapolated to FLUX.1's depth."""
     rows = report["rows"]
     fp32 = next((r["denoise_bytes"] for r in rows if r.get("scheme") == "fp32" and "denoise_bytes" in r), None)
     for r in rows:
         if fp32 and "denoise_bytes" in r:
             r["size_vs_fp32"] = round(r["denoise_bytes"] / fp32, 3)
-    if blocks and fp32:
-        # FLUX.1's depth: the transformer's size scales with its blocks; the blocks dominate its parameters.
-        per_double, per_single = blocks["double_block_parameters"], blocks["single_block_parameters"]
-        full = params + (FLUX1_BLOCKS[0] - args.double) * per_double + (FLUX1_BLOCKS[1] - args.single) * per_single
-        blocks["flux1_parameters_extrapolated"] = full
-        blocks["flux1_scale"] = round(full / params, 2)
-        for r in rows:
-            if "export_seconds" in r:
-                r["flux1_export_seconds_extrapolated"] = round(r["export_seconds"] * blocks["flux1_scale"], 0)
-                r["flux1_denoise_gb_extrapolated"] = round(r["denoise_bytes"] * blocks["flux1_scale"] / 1e9, 2)
-        report.update(blocks)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{args.backbone}: {params / 1e9:.2f} B parameters; " + "; ".join(
-        f"{r['scheme']} {r.get('size_vs_fp32', '-')}x {r.get('export_seconds', '-')} s export {r.get('seconds_per_step', '-')} s/step"
-        for r in rows))
+    if report["backbone"] != "flux" or not fp32:
+        return
+    # FLUX.1's depth: the transformer's size scales with its blocks; the blocks dominate its parameters.
+    full = (report["parameters"] + (FLUX1_BLOCKS[0] - report["double"]) * report["double_block_parameters"]
+            + (FLUX1_BLOCKS[1] - report["single"]) * report["single_block_parameters"])
+    report["flux1_parameters_extrapolated"] = full
+    report["flux1_scale"] = round(full / report["parameters"], 2)
+    for r in rows:
+        if "export_seconds" in r:
+            r["flux1_export_seconds_extrapolated"] = round(r["export_seconds"] * report["flux1_scale"], 0)
+            r["flux1_denoise_gb_extrapolated"] = round(r["denoise_bytes"] * report["flux1_scale"] / 1e9, 2)
 
 
 if __name__ == "__main__":
