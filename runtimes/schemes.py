@@ -41,6 +41,14 @@ Runtime's x86 int8 kernels without VNNI/AMX saturate int16 pair sums with full-r
 (runtimes/cpu.py); TensorRT, x86 CPUs with VNNI/AMX and ARM CPUs are exact with either, so the
 7-bit range only costs accuracy there. `scheme_for` picks it per target and build machine.
 
+Text encoders (`text_weights`): "float" (the default) exports them as the pipeline holds them;
+"int8" gives every Linear of every text encoder (SD's CLIP, SDXL's two, FLUX's CLIP and T5)
+int8 weights per output channel with float activations, i.e. w8a16 (`text_scheme`): a
+DequantizeLinear of the int8 weight feeding MatMul, TensorRT's INT8 weight-only form (ONNX Runtime
+fuses it into MatMulNBits, kept at float activations by `runners.ort_session_options`). No int8
+kernel multiplies these weights, so they always take the full range, and no activation range is
+calibrated for them. T5-XXL's 4.7 B parameters are most of FLUX's text-side memory.
+
 The INT4 schemes differ in their Conv layers because the runtimes do: TensorRT takes INT4 only
 on 2-D weights feeding MatMul/Gemm, so its INT4 scheme runs Conv in INT8 (W8A8); ONNX Runtime's
 w4a8s stores int4 and computes in int8 (ONNX Runtime folds the int4 -> int8 requantization when
@@ -61,6 +69,7 @@ ACT_MODES = ("static", "dynamic", "none")
 FORM_FP32, FORM_FP16, FORM_QDQ, FORM_NBITS = "fp32", "fp16", "qdq", "matmulnbits"
 TARGET_FORMS = (FORM_FP32, FORM_FP16, FORM_QDQ, FORM_NBITS)
 WEIGHT_RANGES = ("full", "7bit")
+TEXT_WEIGHTS = ("float", "int8")
 PLACEMENTS = ("onnxruntime", "tensorrt")
 # Int8 attention's probabilities P lie in [0, 1]: a fixed scale, nothing to calibrate.
 ATTENTION_PROBS_SCALE = 1.0 / 127.0
@@ -167,8 +176,9 @@ class Scheme:
     """A quantization scheme: its name (the key in qsched.json), how Linear and Conv2d layers are
     quantized (None = float), the float type of everything else ("float32" or "float16"),
     whether attention's Q·Kᵀ and P·V run in int8 (`int8_attention`: static per-tensor scales of
-    q, k and v, P's fixed 1/127; diffusers `Attention` modules with the default processor) and
-    the runtime its Q/DQ placement is made for."""
+    q, k and v, P's fixed 1/127; diffusers `Attention` modules with the default processor), the
+    runtime its Q/DQ placement is made for and the text encoders' weights (`text_weights`: "float"
+    or "int8", weight-only; see the module docstring)."""
 
     name: str
     linear: LayerQuant | None = None
@@ -176,6 +186,7 @@ class Scheme:
     float_dtype: str = "float32"
     int8_attention: bool = False
     placement: str = "onnxruntime"
+    text_weights: str = "float"
 
     def __post_init__(self):
         for kind, spec in (("Linear", self.linear), ("Conv2d", self.conv)):
@@ -189,6 +200,9 @@ class Scheme:
             raise SchemeError(f"scheme {self.name}: placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}", "pick one of them")
         if self.int8_attention and not (self.static_activations and all(s.act_bits in (None, 8) for s in self.layers)):
             raise SchemeError(f"scheme {self.name}: int8 attention needs a scheme with static int8 activations", "use it with w8a8 or w4a8s")
+        if self.text_weights not in TEXT_WEIGHTS:
+            raise SchemeError(f"text weights must be one of {', '.join(TEXT_WEIGHTS)}, got {self.text_weights!r}",
+                              "pass --text-weights int8 (weight-only INT8 text encoders) or float")
 
     @property
     def quantized(self) -> bool:
@@ -241,6 +255,11 @@ class Scheme:
         return "7bit" if ranges == {7} else "full" if ranges == {8} else "mixed"
 
     @property
+    def text_scheme(self) -> Scheme:
+        """The scheme the text encoders are exported with: fp32, or w8a16 for int8 text weights."""
+        return SCHEMES["w8a16" if self.text_weights == "int8" else "fp32"]
+
+    @property
     def target_form(self) -> str:
         """How the scheme is written in the graph (`Manifest.target_form`)."""
         if not self.quantized:
@@ -271,19 +290,21 @@ class Scheme:
     def to_dict(self) -> dict:
         return {"name": self.name, "bits": self.bits, "weight_bits": self.weight_bits, "float_dtype": self.float_dtype,
                 "placement": self.placement, "weight_range": self.weight_range, "int8_attention": self.int8_attention,
-                "linear": None if self.linear is None else asdict(self.linear), "conv": None if self.conv is None else asdict(self.conv)}
+                "text_weights": self.text_weights, "linear": None if self.linear is None else asdict(self.linear),
+                "conv": None if self.conv is None else asdict(self.conv)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Scheme":
         """The scheme a manifest records (`to_dict`); older manifests lack the newer fields, which
-        then take the values their graphs were written with (placement "onnxruntime", no int8 attention)."""
+        then take the values their graphs were written with (placement "onnxruntime", no int8
+        attention, float text weights)."""
         if not isinstance(data, dict) or "name" not in data:
             raise SchemeError("the manifest's scheme is not a scheme record", "re-export the artifact")
         name = str(data["name"])
         layers = {kind: None if data.get(kind) is None else LayerQuant.from_dict(dict(data[kind]), f"scheme {name} ({kind})")
                   for kind in ("linear", "conv")}
         return cls(name, layers["linear"], layers["conv"], str(data.get("float_dtype", "float32")), bool(data.get("int8_attention", False)),
-                   str(data.get("placement", "onnxruntime")))
+                   str(data.get("placement", "onnxruntime")), str(data.get("text_weights", "float")))
 
     def describe(self) -> str:
         """One line for the CLI, e.g. "Linear int8 weights, static int8 activations; Conv ...; int8 attention"."""
@@ -296,6 +317,8 @@ class Scheme:
         parts = [layer("Linear", self.linear), layer("Conv", self.conv)]
         if self.int8_attention:
             parts.append("int8 attention")
+        if self.text_weights != "float":
+            parts.append(f"text encoders {self.text_weights} weights")
         return "; ".join(parts)
 
 
@@ -357,15 +380,17 @@ def default_weight_range(target: str, cpu=None) -> str:
     return "full" if cpu.exact_int8_dot else "7bit"
 
 
-def scheme_for(target: str, bits: int, *, weight_range: str | None = None, int8_attention: bool = False, scheme: str | None = None, cpu=None) -> Scheme:
+def scheme_for(target: str, bits: int, *, weight_range: str | None = None, int8_attention: bool = False, scheme: str | None = None, cpu=None,
+               text_weights: str = "float") -> Scheme:
     """The scheme `--bits` (or `scheme`, by name) means for a build target, with the target's Q/DQ
-    placement, `weight_range` ("full", "7bit"; None = `default_weight_range`) and int8 attention."""
+    placement, `weight_range` ("full", "7bit"; None = `default_weight_range`), int8 attention and
+    the text encoders' weights (`text_weights`: "float" or "int8")."""
     check_target(target)
     if scheme is None:
         if bits not in BITS:
             raise SchemeError(f"bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 4, 8, 16 or 32")
         scheme = _BITS_TO_SCHEME[target][bits]
-    chosen = get_scheme(scheme)
+    chosen = replace(get_scheme(scheme), text_weights=text_weights)  # validates it; the text encoders take it whatever the bits
     if not chosen.quantized:
         if int8_attention:
             raise SchemeError(f"int8 attention needs a quantized scheme, not {chosen.name}", "pass --bits 8 with --int8-attention")

@@ -92,3 +92,15 @@ def test_scheme_records_are_torch_free_and_complete():
         assert record["bits"] == scheme.bits and record["placement"] in ("onnxruntime", "tensorrt")
     with pytest.raises(SchemeError, match="not a scheme record"):
         Scheme.from_dict(["w8a8"])
+
+
+def test_text_weights_are_part_of_the_scheme():
+    scheme = scheme_for("tensorrt", 4, text_weights="int8")
+    record = scheme.to_dict()
+    assert record["text_weights"] == "int8" and Scheme.from_dict(json.loads(json.dumps(record))) == scheme
+    assert scheme.text_scheme == SCHEMES["w8a16"] and scheme_for("tensorrt", 4).text_scheme == SCHEMES["fp32"]
+    assert scheme.weight_range == "full" and scheme.describe().endswith("; text encoders int8 weights")
+    # Manifests written before the option hold float text encoders.
+    assert Scheme.from_dict({k: v for k, v in record.items() if k != "text_weights"}).text_weights == "float"
+    with pytest.raises(SchemeError, match="text weights must be one of float, int8, got 'fp8'"):
+        scheme_for("onnxruntime", 32, text_weights="fp8")
