@@ -47,7 +47,7 @@ def measure(artifact: Path, providers: list[str], repeats: int, warmup: int) -> 
     feeds = {name: golden[name] for name in pipe.input_names}
     result = {"artifact": str(artifact), "scheme": pipe.manifest.scheme.get("name"), "target_form": pipe.manifest.target_form,
               "weight_range": pipe.manifest.scheme.get("weight_range"), "int8_attention": pipe.manifest.scheme.get("int8_attention"),
-              "runtime": pipe.description, "steps": pipe.manifest.steps,
+              "text_weights": pipe.manifest.scheme.get("text_weights", "float"), "runtime": pipe.description, "steps": pipe.manifest.steps,
               "graph_bytes": {role: (artifact / spec.file).stat().st_size for role, spec in pipe.manifest.graphs.items()},
               "image_seconds": median_seconds(lambda: pipe.run(feeds), repeats, warmup)}
     if not pipe.manifest.fused:

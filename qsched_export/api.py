@@ -40,6 +40,13 @@ def _check_bits(bits: int) -> None:
         raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
 
 
+def _check_text_weights(text_weights: str, from_artifact: Path | None) -> None:
+    # The value itself is checked where the scheme is made (runtimes.schemes.Scheme).
+    if from_artifact is not None and text_weights != "float":
+        raise QSchedError(f"--from takes {from_artifact} with the text-encoder weights it was exported with",
+                          "drop --text-weights with --from (export with --text-weights int8 on the workstation)")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """One build.
@@ -59,6 +66,8 @@ class BuildConfig:
         weight_range: int8 weights "full" or "7bit" (None = what this machine's CPU needs for ONNX
             Runtime, full for TensorRT: runtimes.schemes.default_weight_range).
         int8_attention: also quantize attention's two matrix products (static scales).
+        text_weights: the text encoders' Linear weights, "float" or "int8" (weight-only, per output
+            channel; `runtimes.schemes`). With `from_bundle` the artifact's own are built.
     """
 
     target: str
@@ -79,6 +88,7 @@ class BuildConfig:
     loras: tuple[LoraSpec, ...] = ()
     weight_range: str | None = None
     int8_attention: bool = False
+    text_weights: str = "float"
 
     def validate(self) -> "BuildConfig":
         _check_bits(self.bits)
@@ -90,6 +100,7 @@ class BuildConfig:
             raise QSchedError("empty prompt", "pass a non-empty --prompt, or leave it out for the golden prompt")
         if self.from_bundle is not None and (self.model is not None or self.loras or self.coeffs is not None):
             raise QSchedError("--from builds an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
+        _check_text_weights(self.text_weights, self.from_bundle)
         return self
 
 
@@ -122,11 +133,13 @@ class BundleConfig:
     loras: tuple[LoraSpec, ...] = ()
     weight_range: str | None = None
     int8_attention: bool = False
+    text_weights: str = "float"
 
     def validate(self) -> "BundleConfig":
         _check_bits(self.bits)
         if self.from_artifact is not None and (self.model is not None or self.loras or self.coeffs is not None):
             raise QSchedError("--from bundles an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
+        _check_text_weights(self.text_weights, self.from_artifact)
         return self
 
 
@@ -210,12 +223,17 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
         progress(f"building {config.target} from {config.from_bundle}: scheme {held.name}, {manifest.steps} steps")
         return _build_and_check(build_target, config.from_bundle, replace(options, out_dir=out, overwrite=config.overwrite), config, held.name,
                                 None, progress)
-    scheme = scheme_for(config.target, config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention)
+    scheme = scheme_for(config.target, config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention,
+                        text_weights=config.text_weights)
     out = check_output_folder(config.out or outputs.build_dir(config.model, config.target, scheme.name), config.overwrite)
     if config.target == "tensorrt":
         from runtimes.runners import import_tensorrt
 
         import_tensorrt()  # before a long export: say now that it cannot be built here
+    elif config.target == "ort-mobile":
+        from qsched_export.targets.ort_mobile import require_mobile_scheme
+
+        require_mobile_scheme(scheme)  # before a long export, as the target itself refuses it
     progress(f"building {config.target} with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
     start = time.perf_counter()
@@ -265,7 +283,8 @@ def bundle(config: BundleConfig, progress: Progress = _quiet) -> Path:
     if config.from_artifact is not None:
         out = check_output_folder(config.out or outputs.OUT_ROOT / f"{config.from_artifact.name}-bundle", config.overwrite)
         return make_bundle(config.from_artifact, out, **kwargs)
-    scheme = scheme_for("tensorrt", config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention)
+    scheme = scheme_for("tensorrt", config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention,
+                        text_weights=config.text_weights)
     out = check_output_folder(config.out or outputs.bundle_dir(config.model, scheme.name), config.overwrite)
     progress(f"bundling tensorrt with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)

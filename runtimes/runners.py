@@ -57,6 +57,23 @@ def resolve_providers(names: list[str] | tuple[str, ...], available: list[str]) 
     return full
 
 
+def ort_session_options():
+    """The `onnxruntime.SessionOptions` every session of ours (running or optimizing a graph) takes.
+
+    ONNX Runtime (1.32) fuses a per-channel int8 weight's DequantizeLinear feeding MatMul (the int8
+    text-encoder weights; not w4a16's int4 blocks, measured) into MatMulNBits, and by default
+    (accuracy level 4) that kernel quantizes the activations to int8 at run time. In our graphs
+    that form means float activations, as TensorRT runs it and the PyTorch reference computes it:
+    accuracy level 1 keeps them float32 (tiny FLUX text graph: 2e-2 -> 2e-6 max abs from it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Errors only: ORT's warnings about unused initializers would drown the CLI's output.
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    return options
+
+
 class OrtRunner(Runner):
     """An ONNX Runtime session (`.onnx` or `.ort` file) on exactly the given execution providers."""
 
@@ -65,9 +82,7 @@ class OrtRunner(Runner):
 
         self.path = Path(path)
         self.providers = resolve_providers(providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        # Errors only: ORT's warnings about unused initializers would drown the CLI's output.
-        options.log_severity_level = 3
+        options = ort_session_options()
         try:
             with ort_source(self.path) as source:  # w4a8s: int4 weights expanded once, layer by layer (runtimes/int4.py)
                 self.session = ort.InferenceSession(source, sess_options=options, providers=self.providers)

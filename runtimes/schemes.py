@@ -41,6 +41,14 @@ Runtime's x86 int8 kernels without VNNI/AMX saturate int16 pair sums with full-r
 (runtimes/cpu.py); TensorRT, x86 CPUs with VNNI/AMX and ARM CPUs are exact with either, so the
 7-bit range only costs accuracy there. `scheme_for` picks it per target and build machine.
 
+Text encoders (`text_weights`): "float" (the default) exports them as the pipeline holds them;
+"int8" gives every Linear of every text encoder (SD's CLIP, SDXL's two, FLUX's CLIP and T5)
+int8 weights per output channel with float activations, i.e. w8a16 (`text_scheme`): a
+DequantizeLinear of the int8 weight feeding MatMul, TensorRT's INT8 weight-only form (ONNX Runtime
+fuses it into MatMulNBits, kept at float activations by `runners.ort_session_options`). No int8
+kernel multiplies these weights, so they always take the full range, and no activation range is
+calibrated for them. T5-XXL's 4.7 B parameters are most of FLUX's text-side memory.
+
 The INT4 schemes differ in their Conv layers because the runtimes do: TensorRT takes INT4 only
 on 2-D weights feeding MatMul/Gemm, so its INT4 scheme runs Conv in INT8 (W8A8); ONNX Runtime's
 w4a8s stores int4 and computes in int8 (ONNX Runtime folds the int4 -> int8 requantization when
@@ -61,11 +69,13 @@ ACT_MODES = ("static", "dynamic", "none")
 FORM_FP32, FORM_FP16, FORM_QDQ, FORM_NBITS = "fp32", "fp16", "qdq", "matmulnbits"
 TARGET_FORMS = (FORM_FP32, FORM_FP16, FORM_QDQ, FORM_NBITS)
 WEIGHT_RANGES = ("full", "7bit")
+TEXT_WEIGHTS = ("float", "int8")
 PLACEMENTS = ("onnxruntime", "tensorrt")
 # Int8 attention's probabilities P lie in [0, 1]: a fixed scale, nothing to calibrate.
 ATTENTION_PROBS_SCALE = 1.0 / 127.0
 # Every key of a scheme record (`Scheme.to_dict`; bits, weight_bits and weight_range are derived).
-SCHEME_RECORD_KEYS = ("name", "bits", "weight_bits", "float_dtype", "placement", "weight_range", "int8_attention", "linear", "conv")
+SCHEME_RECORD_KEYS = ("name", "bits", "weight_bits", "float_dtype", "placement", "weight_range", "int8_attention", "text_weights",
+                      "linear", "conv")
 # What a reader says about a record written by another qsched-export version (as for a manifest's schema_version).
 _REEXPORT = "re-export the artifact with this qsched-export version, or install the version that wrote it"
 
@@ -181,8 +191,9 @@ class Scheme:
     """A quantization scheme: its name (the key in qsched.json), how Linear and Conv2d layers are
     quantized (None = float), the float type of everything else ("float32" or "float16"),
     whether attention's Q·Kᵀ and P·V run in int8 (`int8_attention`: static per-tensor scales of
-    q, k and v, P's fixed 1/127; diffusers `Attention` modules with the default processor) and
-    the runtime its Q/DQ placement is made for."""
+    q, k and v, P's fixed 1/127; diffusers `Attention` modules with the default processor), the
+    runtime its Q/DQ placement is made for and the text encoders' weights (`text_weights`: "float"
+    or "int8", weight-only; see the module docstring)."""
 
     name: str
     linear: LayerQuant | None = None
@@ -190,6 +201,7 @@ class Scheme:
     float_dtype: str = "float32"
     int8_attention: bool = False
     placement: str = "onnxruntime"
+    text_weights: str = "float"
 
     def __post_init__(self):
         for kind, spec in (("Linear", self.linear), ("Conv2d", self.conv)):
@@ -203,6 +215,9 @@ class Scheme:
             raise SchemeError(f"scheme {self.name}: placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}", "pick one of them")
         if self.int8_attention and not (self.static_activations and all(s.act_bits in (None, 8) for s in self.layers)):
             raise SchemeError(f"scheme {self.name}: int8 attention needs a scheme with static int8 activations", "use it with w8a8 or w4a8s")
+        if self.text_weights not in TEXT_WEIGHTS:
+            raise SchemeError(f"text weights must be one of {', '.join(TEXT_WEIGHTS)}, got {self.text_weights!r}",
+                              "pass --text-weights int8 (weight-only INT8 text encoders) or float")
 
     @property
     def quantized(self) -> bool:
@@ -255,6 +270,11 @@ class Scheme:
         return "7bit" if ranges == {7} else "full" if ranges == {8} else "mixed"
 
     @property
+    def text_scheme(self) -> Scheme:
+        """The scheme the text encoders are exported with: fp32, or w8a16 for int8 text weights."""
+        return SCHEMES["w8a16" if self.text_weights == "int8" else "fp32"]
+
+    @property
     def target_form(self) -> str:
         """How the scheme is written in the graph (`Manifest.target_form`)."""
         if not self.quantized:
@@ -285,7 +305,8 @@ class Scheme:
     def to_dict(self) -> dict:
         return {"name": self.name, "bits": self.bits, "weight_bits": self.weight_bits, "float_dtype": self.float_dtype,
                 "placement": self.placement, "weight_range": self.weight_range, "int8_attention": self.int8_attention,
-                "linear": None if self.linear is None else asdict(self.linear), "conv": None if self.conv is None else asdict(self.conv)}
+                "text_weights": self.text_weights, "linear": None if self.linear is None else asdict(self.linear),
+                "conv": None if self.conv is None else asdict(self.conv)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Scheme":
@@ -298,7 +319,8 @@ class Scheme:
         _check_record_keys(data, SCHEME_RECORD_KEYS, f"the manifest's scheme {name}")
         layers = {kind: None if data[kind] is None else LayerQuant.from_dict(data[kind], f"the manifest's scheme {name} ({kind})")
                   for kind in ("linear", "conv")}
-        return cls(name, layers["linear"], layers["conv"], str(data["float_dtype"]), bool(data["int8_attention"]), str(data["placement"]))
+        return cls(name, layers["linear"], layers["conv"], str(data["float_dtype"]), bool(data["int8_attention"]), str(data["placement"]),
+                   str(data["text_weights"]))
 
     def describe(self) -> str:
         """One line for the CLI, e.g. "Linear int8 weights, static int8 activations; Conv ...; int8 attention"."""
@@ -311,6 +333,8 @@ class Scheme:
         parts = [layer("Linear", self.linear), layer("Conv", self.conv)]
         if self.int8_attention:
             parts.append("int8 attention")
+        if self.text_weights != "float":
+            parts.append(f"text encoders {self.text_weights} weights")
         return "; ".join(parts)
 
 
@@ -372,15 +396,17 @@ def default_weight_range(target: str, cpu=None) -> str:
     return "full" if cpu.exact_int8_dot else "7bit"
 
 
-def scheme_for(target: str, bits: int, *, weight_range: str | None = None, int8_attention: bool = False, scheme: str | None = None, cpu=None) -> Scheme:
+def scheme_for(target: str, bits: int, *, weight_range: str | None = None, int8_attention: bool = False, scheme: str | None = None, cpu=None,
+               text_weights: str = "float") -> Scheme:
     """The scheme `--bits` (or `scheme`, by name) means for a build target, with the target's Q/DQ
-    placement, `weight_range` ("full", "7bit"; None = `default_weight_range`) and int8 attention."""
+    placement, `weight_range` ("full", "7bit"; None = `default_weight_range`), int8 attention and
+    the text encoders' weights (`text_weights`: "float" or "int8")."""
     check_target(target)
     if scheme is None:
         if bits not in BITS:
             raise SchemeError(f"bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 4, 8, 16 or 32")
         scheme = _BITS_TO_SCHEME[target][bits]
-    chosen = get_scheme(scheme)
+    chosen = replace(get_scheme(scheme), text_weights=text_weights)  # validates it; the text encoders take it whatever the bits
     if not chosen.quantized:
         if int8_attention:
             raise SchemeError(f"int8 attention needs a quantized scheme, not {chosen.name}", "pass --bits 8 with --int8-attention")

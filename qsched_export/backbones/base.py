@@ -221,16 +221,27 @@ class Backbone(abc.ABC):
         """The text encoders as one module: ids (positional, `tokenizer_roles()` order) -> a tuple of
         the conditioning tensors in `COND_NAMES` order. Exported as the text graph."""
 
-    def encode(self, prompts: list[str], device: str | torch.device = "cpu") -> Conditioning:
-        """The positive prompts' conditioning (the exported text graph's computation, run eagerly)."""
+    def scheme_text_module(self, scheme):
+        """The text module with a scheme's text-encoder weights (`Scheme.text_scheme`): the
+        pipeline's own for float, else a copy whose every Linear holds the weight-only fake-quant
+        (the denoiser's skip list names no text-encoder layer). Returns `(module, QuantReport)`."""
+        from qsched_export.quant import get_scheme, quantize_model
+
+        text_scheme = get_scheme(scheme).text_scheme
+        module = copy.deepcopy(self.text_module()) if text_scheme.quantized else self.text_module()
+        return module, quantize_model(module, text_scheme, skip=())
+
+    def encode(self, prompts: list[str], device: str | torch.device = "cpu", text: nn.Module | None = None) -> Conditioning:
+        """The positive prompts' conditioning (the exported text graph's computation, run eagerly).
+        `text`: the text module to run (default: `text_module()`; the exporter passes `scheme_text_module`'s)."""
         for p in prompts:
             if not p.strip():
                 raise QSchedError("empty prompt", "pass a non-empty prompt")
-        return Conditioning(self._encode(prompts)).to(device)
+        return Conditioning(self._encode(prompts, text)).to(device)
 
-    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _encode(self, texts: list[str], module: nn.Module | None = None) -> dict[str, torch.Tensor]:
         ids = self.token_ids(texts)
-        module = self.text_module()
+        module = module if module is not None else self.text_module()
         device = next(module.parameters()).device
         with torch.no_grad():
             outputs = module(*(ids[r.input_name].to(device) for r in self.tokenizer_roles()))

@@ -9,7 +9,9 @@ import typer
 
 from qsched_export.cli.check import print_report, provider_list
 from qsched_export.cli.common import console, note_default_model, user_errors
-from qsched_export.cli.options import int8_attention_option, lora_option, parse_loras, progress_printer, weight_range, weight_range_option
+from qsched_export.cli.options import (
+    int8_attention_option, lora_option, parse_loras, progress_printer, text_weights_option, weight_range, weight_range_option,
+)
 
 TARGET_HELP = "tensorrt (engines, built on this GPU), onnxruntime (optimized ONNX) or ort-mobile (.ort + operator config)."
 OPSET_HELP = "ONNX opset of the export (default: 20 for INT8 with static activations, else 21; INT4 needs 21)."
@@ -35,6 +37,7 @@ def build(
     seed: int = typer.Option(0, "--seed", help="Noise seed of sample.png with --prompt."),
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
+    text_weights: str = text_weights_option(),
 ) -> None:
     """Export (or take --from) an artifact and build it for a target, then check parity and write sample.png."""
     from qsched_export.api import BuildConfig, build as run_build
@@ -49,7 +52,7 @@ def build(
         config = BuildConfig(target=target, bits=bits, model=model, coeffs=coeffs, steps=steps, opset=opset, from_bundle=from_bundle, out=out,
                              overwrite=overwrite, workspace_mib=workspace_mib, builder_level=builder_level, provider=provider, check=not no_check,
                              prompt=prompt, seed=seed, loras=parse_loras(lora), weight_range=weight_range(weight_range_),
-                             int8_attention=int8_attention)
+                             int8_attention=int8_attention, text_weights=text_weights)
         try:
             result = run_build(config, progress_printer())
         except ParityError as exc:
@@ -79,6 +82,7 @@ def bundle(
     builder_level: int = typer.Option(3, "--builder-level", help="TensorRT builder optimization level 0-5."),
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
+    text_weights: str = text_weights_option(),
 ) -> None:
     """Package the TensorRT form (ONNX, manifest, golden data, tokenizers, build_engine.sh, README) to build on a Jetson."""
     from qsched_export.api import BundleConfig, bundle as run_bundle
@@ -91,7 +95,7 @@ def bundle(
             note_default_model(model)
         config = BundleConfig(bits=bits, model=model, coeffs=coeffs, steps=steps, opset=opset, from_artifact=from_artifact, out=out,
                               overwrite=overwrite, workspace_mib=workspace_mib, builder_level=builder_level, loras=parse_loras(lora),
-                              weight_range=weight_range(weight_range_), int8_attention=int8_attention)
+                              weight_range=weight_range(weight_range_), int8_attention=int8_attention, text_weights=text_weights)
         out = run_bundle(config, progress_printer())
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     console.print(f"wrote bundle {out}: {', '.join(files)}", highlight=False)

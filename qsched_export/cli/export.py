@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from qsched_export.cli.common import console, err_console, note_default_model, user_errors
-from qsched_export.cli.options import int8_attention_option, lora_option, parse_loras, progress_printer, weight_range, weight_range_option
+from qsched_export.cli.options import (
+    int8_attention_option, lora_option, parse_loras, progress_printer, text_weights_option, weight_range, weight_range_option,
+)
 
 
 def export(
@@ -32,6 +34,7 @@ def export(
     prompt: str = typer.Option(None, "--prompt", "-p", help="Prompt of the golden parity data."),
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
+    text_weights: str = text_weights_option(),
 ) -> None:
     """Export the few-step sampler as static ONNX graphs with baked Q-Sched coefficients and Q/DQ."""
     with user_errors():
@@ -43,7 +46,8 @@ def export(
         from runtimes.manifest import load_manifest
 
         # The target decides the Q/DQ placement and the default weight range, by --bits or by name.
-        chosen = scheme_for(target, bits, scheme=scheme, weight_range=weight_range(weight_range_), int8_attention=int8_attention)
+        chosen = scheme_for(target, bits, scheme=scheme, weight_range=weight_range(weight_range_), int8_attention=int8_attention,
+                            text_weights=text_weights)
         note_default_model(model)
         loras = parse_loras(lora)
         # The same lookup as build, without calibrating: export takes what exists.
@@ -60,9 +64,10 @@ def export(
         manifest = load_manifest(artifact, verify=False)
         report = manifest.quantization
         sizes = ", ".join(f"{role} {size / 1e6:.2f} MB" for role, size in report["onnx_bytes"].items())
+        text = f", text encoders {chosen.text_weights} ({report['text_encoders']['exported_layers']} layers)" if chosen.text_weights != "float" else ""
         console.print(f"wrote {artifact}: {manifest.backbone} {manifest.family} {manifest.steps} steps, guidance {manifest.guidance_scale:g}, "
-                      f"scheme {chosen.name} as {manifest.target_form}, opset {manifest.opset}, {report['exported_layers']} quantized layers; {sizes}",
-                      highlight=False)
+                      f"scheme {chosen.name} as {manifest.target_form}, opset {manifest.opset}, {report['exported_layers']} quantized layers{text}; "
+                      f"{sizes}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -33,6 +33,12 @@ def int8_attention_option():
                         "long sequences: cosine 0.9969 vs 0.9999 on an SD1.5-sized UNet).")
 
 
+def text_weights_option():
+    return typer.Option("float", "--text-weights", help="Text encoders' Linear weights: float, or int8 (per output channel, weight-only: "
+                        "DequantizeLinear -> MatMul with float activations, for ONNX Runtime and TensorRT; about 0.26x the float Linear "
+                        "bytes, e.g. FLUX's T5).")
+
+
 def weight_range(value: str) -> str | None:
     from qsched_export.errors import QSchedError
 

@@ -1,6 +1,7 @@
 """`export_artifact(ExportConfig) -> Path`: a calibrated pipeline -> an artifact folder.
 
-The folder holds `text_encoder.onnx` (every tokenizer's ids -> the backbone's conditioning),
+The folder holds `text_encoder.onnx` (every tokenizer's ids -> the backbone's conditioning; with
+int8 text weights, `Scheme.text_weights`, each Linear as DequantizeLinear(int8) -> MatMul),
 `denoise.onnx` (N steps unrolled, constants and Q-Sched coefficients baked in) and
 `vae_decoder.onnx` (or one `pipeline.onnx` with `fuse`), `golden.npz`, one folder per tokenizer
 and `manifest.json` (runtimes/manifest.py). Everything model-specific goes through the backbone
@@ -42,7 +43,8 @@ class ExportConfig:
         out (`Path`): the artifact folder to create.
         model (`str`, optional): diffusers folder or hub id; None = the embedded sample.
         scheme (`str` or `Scheme`): a scheme by name (`qsched_export.quant.SCHEMES`: fp32, fp16, w8a8, w4a8, w4a8s,
-            w8a16, w4a16) or a `Scheme` with a target's placement, weight range and int8 attention (`scheme_for`).
+            w8a16, w4a16) or a `Scheme` with a target's placement, weight range, int8 attention and text-encoder
+            weights (`scheme_for`).
         coeffs (`Path`, optional): qsched.json (coefficients and activation ranges of `scheme`) or a
             bare `{latent_coeff, output_coeff}` file. Quantized schemes with static activations need a qsched.json.
         coefficients (`QSchedCoefficients`, optional): explicit coefficients instead of `coeffs`
@@ -189,10 +191,13 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
     coeffs.check_steps(plan.num_steps)
     num_cond = len(backbone.COND_NAMES)
 
-    # 1. golden inputs: the prompts' ids and conditioning, the noise a seed draws
+    # 1. golden inputs: the prompts' ids and conditioning, the noise a seed draws. The conditioning
+    # comes from the text module that is exported (int8 text weights fake-quantized as the graph
+    # dequantizes them), so every reference below starts where the runtime's text graph leaves off.
     prompts = [config.prompt] * config.batch
     ids = backbone.token_ids(prompts)
-    cond = backbone.encode(prompts)
+    text, text_report = backbone.scheme_text_module(scheme)
+    cond = backbone.encode(prompts, text=text)
     shape = backbone.latent_shape(config.batch)
     latents, noises = draw_noise(plan, shape, torch.Generator().manual_seed(config.seed))
     noise = torch.stack([n for n in noises if n is not None]) if plan.stochastic else None
@@ -220,11 +225,12 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
     if scheme.quantized or form == FORM_FP16:
         reference("fakequant", denoise)
     exported_layers = swap_for_export(model, form)  # in place: `denoise` now holds the export layers
+    text_layers = swap_for_export(text, target_form(scheme.text_scheme))
 
     # 3. the graphs
     symbolics.register()
     id_args = tuple(ids[r.input_name] for r in backbone.tokenizer_roles())
-    text, decoder = backbone.text_module(), backbone.decoder_module()
+    decoder = backbone.decoder_module()
     jobs = ([("pipeline", FusedPipeline(text, denoise, decoder, len(id_args)), id_args + draws, pipeline_io(backbone, plan))]
             if config.fuse else
             [("text_encoder", text, id_args, text_io(backbone)),
@@ -259,7 +265,8 @@ def _export_into(config: ExportConfig, folder: Path, note: Callable[[str], None]
         negative_prompt=config.negative_prompt, scheme=scheme.to_dict(), target_form=form, coefficients=coeffs.to_dict(),
         image=ImageSpec(backbone.height, backbone.width, config.batch), latent_shape=shape, opset=config.opset, graphs=graphs,
         tokenizers=tokenizers, loras=tuple(x.to_dict() for x in backbone.source.loras),
-        quantization={**report.to_dict(), "exported_layers": exported_layers, "onnx_bytes": onnx_bytes, "export_seconds": timings},
+        quantization={**report.to_dict(), "exported_layers": exported_layers, "onnx_bytes": onnx_bytes, "export_seconds": timings,
+                      "text_encoders": {**text_report.to_dict(), "exported_layers": text_layers}},
     )
     write_manifest(folder, manifest)
 

@@ -287,6 +287,11 @@ def dynamo_translations(opset: int) -> dict:
 class _ExportLayer(nn.Module):
     """What a `QuantLayer` becomes for export: the same numerics, written with graph-emitting functions."""
 
+    # No float weight is kept (the graph holds the integer one). Models that read `layer.weight`
+    # only to pick a cast dtype (transformers' T5 feed-forward) skip the cast for a non-tensor, as
+    # they do for quantizers that set it to None.
+    weight = None
+
     def __init__(self, layer: QuantLayer):
         super().__init__()
         self.spec = layer.spec

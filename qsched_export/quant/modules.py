@@ -84,6 +84,12 @@ class QuantLayer(nn.Module):
         if self.spec.quantize_outputs:
             self.register_buffer("output_scale", torch.tensor(float("nan")))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's float weight: models read `layer.weight` for its dtype (transformers'
+        T5 feed-forward casts its input to `wo.weight.dtype`), as they would on the plain layer."""
+        return self.module.weight
+
     # -- what the exporter reads ---------------------------------------------------------------
     def quantized_weight(self) -> torch.Tensor:
         return numerics.quantize_weight(self.module.weight, self.weight_scale, self.spec.weight_qbits, self.spec.group_size)

@@ -79,6 +79,8 @@ def build_script(manifest: Manifest, workspace_mib: int, builder_optimization_le
 
 def readme(manifest: Manifest, bits: int, workspace_mib: int) -> str:
     scheme = manifest.scheme.get("name", "?")
+    if manifest.scheme.get("text_weights", "float") != "float":
+        scheme += f" ({manifest.scheme['text_weights']} text-encoder weights)"
     graphs = ", ".join(spec.file for spec in manifest.graphs.values())
     return f"""# qsched-export TensorRT bundle: {manifest.model.get("id", "?")}, {scheme}, {manifest.steps} steps
 

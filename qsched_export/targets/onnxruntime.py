@@ -16,7 +16,7 @@ from qsched_export.targets.output import Verify, copy_runtime_files, finish
 from runtimes.files import staged_dir
 from runtimes.manifest import artifact_path, load_manifest
 from runtimes.int4 import ort_source
-from runtimes.runners import resolve_providers
+from runtimes.runners import ort_session_options, resolve_providers
 
 NAME = "onnxruntime"
 
@@ -24,12 +24,11 @@ NAME = "onnxruntime"
 def optimize_graph(src: Path, dst: Path, level: str, providers: list[str]) -> None:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = ort_session_options()
     options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
     options.optimized_model_filepath = str(dst)
-    options.log_severity_level = 3
     try:
         # w4a8s: the int4 weights folded to int8 first (ORT's own folding peaks at ~24 GB on SD1.5);
         # the optimized graph then holds int8 weights.

@@ -17,6 +17,7 @@ from qsched_export.targets.options import BuildOptions
 from qsched_export.targets.output import Verify, copy_runtime_files, finish
 from runtimes.files import staged_dir
 from runtimes.manifest import artifact_path, load_manifest
+from runtimes.schemes import Scheme
 
 NAME = "ort-mobile"
 OPS_CONFIG = "required_operators.config"
@@ -26,6 +27,16 @@ def convert_command(onnx_dir: Path, out_dir: Path, platform: str) -> list[str]:
     """argv for ORT's converter: fixed optimizations (applied now, for `platform`), no shell."""
     return [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_dir), "--output_dir", str(out_dir),
             "--optimization_style", "Fixed", "--target_platform", platform]
+
+
+def require_mobile_scheme(scheme: Scheme) -> None:
+    """Refuse int8 text-encoder weights: the ORT-format converter fuses their DequantizeLinear ->
+    MatMul into MatMulNBits at accuracy level 4, which quantizes the activations to int8, and takes
+    no session option to keep them float (`runtimes.runners.ort_session_options`), so the package
+    would not compute what was exported (tiny FLUX, fp32: step-1 max abs 6.7e-4 against the 1e-4 gate)."""
+    if scheme.text_weights != "float":
+        raise QSchedError(f"ort-mobile cannot keep {scheme.text_weights} text-encoder weights weight-only (ONNX Runtime's ORT-format "
+                          "converter runs them with int8 activations)", "drop --text-weights for ort-mobile, or build --target onnxruntime")
 
 
 def _require_loadable(path: Path) -> None:
@@ -47,6 +58,7 @@ def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | N
 
     src = Path(artifact_dir)
     manifest = load_manifest(src)
+    require_mobile_scheme(Scheme.from_dict(manifest.scheme))
     with staged_dir(options.out_dir, options.overwrite) as tmp:
         # The converter takes a folder and converts every .onnx under it: give it only the graphs.
         staging = tmp / ".onnx"

@@ -39,6 +39,13 @@ def test_int4_below_opset_21_is_refused(calibrated, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_unknown_text_weights_are_refused(calibrated, tmp_path):
+    model, qsched = calibrated(QUANT_FAMILY)
+    result = _export(model, qsched, tmp_path / "a", "--bits", "32", "--text-weights", "int4")
+    _one_line_error(result, "text weights must be one of float, int8, got 'int4'", "--text-weights int8")
+    assert _leftovers(tmp_path) == []
+
+
 def test_existing_output_needs_overwrite(calibrated, tmp_path):
     model, qsched = calibrated(QUANT_FAMILY)
     out = tmp_path / "a"

@@ -85,6 +85,7 @@ CASES = [
     Case("calibrate: --bits 3", (*CAL, "--bits", "3", "--out", "{work}/q.json"), 1, "bits"),
     # export (PyTorch)
     Case("export: --bits 3", (*EXP, "--bits", "3", "--out", "{work}/e"), 1, "bits must be"),
+    Case("export: --text-weights int4", (*EXP, "--text-weights", "int4", "--out", "{work}/e"), 1, "text weights must be one of float, int8"),
     Case("export: --guidance nan", (*EXP, "--guidance", "nan", "--out", "{work}/e"), 1, "guidance"),
     Case("export: --height 0", (*EXP, "--height", "0", "--out", "{work}/e"), 1, "height"),
     Case("export: --height -64", (*EXP, "--height", "-64", "--out", "{work}/e"), 1, "height"),
@@ -103,6 +104,11 @@ CASES = [
     Case("build: --coeffs a folder", ("build", "--target", "onnxruntime", "--bits", "32", *M, "--coeffs", "{work}/userdata", "--out", "{work}/b"),
          1, "folder", forbid="qsched_export.pipeline:load_pipeline"),
     Case("build: --from, wrong --bits", (*BUILD, "--bits", "8", "--out", "{work}/b"), 1, "holds scheme fp32"),
+    Case("build: --text-weights int4", ("build", "--target", "onnxruntime", "--text-weights", "int4", *M, "--out", "{work}/b"), 1,
+         "text weights must be one of float, int8", forbid="qsched_export.pipeline:load_pipeline"),
+    Case("build: --from with --text-weights int8", (*BUILD, "--text-weights", "int8", "--out", "{work}/b"), 1, "drop --text-weights with --from"),
+    Case("build: ort-mobile with --text-weights int8", ("build", "--target", "ort-mobile", "--text-weights", "int8", *M, "--out", "{work}/b"), 1,
+         "ort-mobile cannot keep int8 text-encoder weights", forbid="qsched_export.pipeline:load_pipeline"),
     Case("build: --out a user's folder --overwrite", (*BUILD, "--out", "{work}/userdata", "--overwrite"), 1, "not a qsched-export artifact"),
     Case("build: --out a regular file --overwrite", (*BUILD, "--out", "{work}/user.txt", "--overwrite"), 1, "regular file"),
     Case("build: --out . --overwrite in an artifact", (*BUILD, "--out", ".", "--overwrite"), 1, "working folder", cwd="{good}"),
@@ -119,6 +125,8 @@ CASES = [
                                                           "--out", "{good}", "--overwrite"), 1, "parity", damage="golden negated", forbid=None),
     # bundle
     Case("bundle: --target onnxruntime", ("bundle", "--target", "onnxruntime", "--from", "{exported}", "--out", "{work}/u"), 1, "bundle is for --target tensorrt"),
+    Case("bundle: --text-weights int4", ("bundle", *M, "--text-weights", "int4", "--out", "{work}/u"), 1, "text weights must be one of float, int8",
+         forbid="qsched_export.pipeline:load_pipeline"),
     Case("bundle: --out a user's folder --overwrite", ("bundle", "--from", "{exported}", "--bits", "32", "--out", "{work}/userdata", "--overwrite"),
          1, "not a qsched-export artifact"),
     Case("bundle: --out a regular file --overwrite", ("bundle", "--from", "{exported}", "--bits", "32", "--out", "{work}/user.txt", "--overwrite"),

@@ -126,3 +126,16 @@ def test_check_refuses_an_artifact_whose_scheme_record_is_incomplete(hand_artifa
     with pytest.raises(ArtifactError, match=r"scheme w8a8: the record lacks field\(s\) placement"):
         check_artifact(folder)
     assert not (folder / "parity.json").exists()
+
+
+def test_text_weights_are_part_of_the_scheme():
+    scheme = scheme_for("tensorrt", 4, text_weights="int8")
+    record = scheme.to_dict()
+    assert record["text_weights"] == "int8" and Scheme.from_dict(json.loads(json.dumps(record))) == scheme
+    assert scheme.text_scheme == SCHEMES["w8a16"] and scheme_for("tensorrt", 4).text_scheme == SCHEMES["fp32"]
+    assert scheme.weight_range == "full" and scheme.describe().endswith("; text encoders int8 weights")
+    # A manifest written before the option lacks the field: refused, as any incomplete record.
+    with pytest.raises(ArtifactError, match=r"lacks field\(s\) text_weights"):
+        Scheme.from_dict({k: v for k, v in record.items() if k != "text_weights"})
+    with pytest.raises(SchemeError, match="text weights must be one of float, int8, got 'fp8'"):
+        scheme_for("onnxruntime", 32, text_weights="fp8")

@@ -71,3 +71,34 @@ def test_tensorrt_bundle_passes_the_contract_and_builds_from(calibrated_case, ca
     assert all(f"--onnx={g}.onnx" in script for g in ("text_encoder", "denoise", "vae_decoder"))
     text = _ok("build", "--from", str(bundle), "--target", "onnxruntime", "--bits", str(bits), "--out", str(tmp_path / "ort"))
     assert "PASSED" in text
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_int8_text_weights_build_and_check(calibrated_case, bits, tmp_path):
+    """`--text-weights int8` on FLUX (CLIP + T5): built for ONNX Runtime and PASSED against its own
+    references (at 32 bits the FP32 bar, 1e-4 on the latents: the text graph computes exactly its reference)."""
+    import onnx
+
+    model, qsched = calibrated_case("flux")
+    out = tmp_path / "built"
+    text = _ok("build", "--target", "onnxruntime", "--bits", str(bits), "--model", str(model), "--coeffs", str(qsched), "--out", str(out),
+               "--text-weights", "int8")
+    assert "text encoders int8 weights" in text and "PASSED | onnxruntime" in text
+    assert json.loads((out / "manifest.json").read_text())["scheme"]["text_weights"] == "int8"
+    # ONNX Runtime fused the weight DequantizeLinear -> MatMul into MatMulNBits: with float32 activations
+    # (accuracy level 1, runtimes.runners.ort_session_options), not its default int8 ones.
+    fused = [n for n in onnx.load(str(out / "text_encoder.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert fused and all(onnx.helper.get_attribute_value(a) == 1 for n in fused for a in n.attribute if a.name == "accuracy_level")
+
+
+def test_int8_text_weights_bundle_passes_the_contract_and_builds_from(calibrated_case, tmp_path):
+    model, qsched = calibrated_case("flux")
+    bundle = tmp_path / "bundle"
+    text = _ok("bundle", "--target", "tensorrt", "--bits", "8", "--model", str(model), "--coeffs", str(qsched), "--out", str(bundle),
+               "--text-weights", "int8")  # the contract checker (10.3 and 10.15) ran on every graph first
+    assert "text encoders int8 weights" in text and "(int8 text-encoder weights)" in (bundle / "README.md").read_text()
+    text = _ok("build", "--from", str(bundle), "--target", "onnxruntime", "--bits", "8", "--out", str(tmp_path / "ort"))
+    assert "PASSED" in text
+    result = runner.invoke(app, ["build", "--from", str(bundle), "--target", "onnxruntime", "--bits", "8", "--text-weights", "int8",
+                                 "--out", str(tmp_path / "again")])
+    assert result.exit_code == 1 and "drop --text-weights with --from" in " ".join(result.output.split())

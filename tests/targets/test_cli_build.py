@@ -77,6 +77,8 @@ def test_build_onnxruntime_int8_uses_the_calibrated_scheme(tiny_with_qsched, tmp
     (["--target", "coreml", "--bits", "8"], "unknown target 'coreml'"),
     (["--target", "onnxruntime", "--bits", "3"], "--bits must be 4, 8, 16 or 32, got 3"),
     (["--target", "onnxruntime", "--bits", "4", "--opset", "20"], "needs opset 21"),
+    (["--target", "onnxruntime", "--text-weights", "int4"], "text weights must be one of float, int8, got 'int4'"),
+    (["--target", "ort-mobile", "--text-weights", "int8"], "ort-mobile cannot keep int8 text-encoder weights"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, tiny_with_qsched, tmp_path):
     model, qsched = tiny_with_qsched
