@@ -189,8 +189,10 @@ def main() -> None:
     previous = json.loads(args.out.read_text()) if args.merge else None
 
     def save(rows: list[dict]) -> None:
-        report = {"backbone": args.backbone, "small": args.small, **header, "rows": rows, "seconds": round(time.perf_counter() - started, 1),
-                  "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        # Rows from a log were measured elsewhere: this machine's cpu, threads, torch and time are not theirs.
+        machine = {} if args.rows_from else {"seconds": round(time.perf_counter() - started, 1), "cpu": platform.processor() or platform.machine(),
+                                             "threads": torch.get_num_threads(), "torch": torch.__version__}
+        report = {"backbone": args.backbone, "small": args.small, **header, "rows": rows, **machine,
                   "command": "python benchmarks/backbone_export.py " + " ".join(a if not a.startswith("/") else Path(a).name for a in sys.argv[1:])}
         if previous is not None:
             report = merged(previous, report)
@@ -252,15 +254,24 @@ def with_ratios(report: dict) -> None:
             r["size_vs_fp32"] = round(r["denoise_bytes"] / fp32, 3)
     if report["backbone"] != "flux" or not fp32:
         return
-    # FLUX.1's depth: the transformer's size scales with its blocks; the blocks dominate its parameters.
-    full = (report["parameters"] + (FLUX1_BLOCKS[0] - report["double"]) * report["double_block_parameters"]
-            + (FLUX1_BLOCKS[1] - report["single"]) * report["single_block_parameters"])
+    # FLUX.1's depth. Export time scales with the parameters (the blocks dominate them). The graph's
+    # bytes do not scale as a whole: the layers outside the blocks (embedders, norm_out, proj_out)
+    # stay float in every scheme, so the blocks' bytes per parameter are measured and scaled alone.
+    block_params = report["double"] * report["double_block_parameters"] + report["single"] * report["single_block_parameters"]
+    full_block_params = FLUX1_BLOCKS[0] * report["double_block_parameters"] + FLUX1_BLOCKS[1] * report["single_block_parameters"]
+    float_bytes = 4 * (report["parameters"] - block_params)
+    full = report["parameters"] - block_params + full_block_params
     report["flux1_parameters_extrapolated"] = full
     report["flux1_scale"] = round(full / report["parameters"], 2)
+    full_fp32 = None
     for r in rows:
         if "export_seconds" in r:
             r["flux1_export_seconds_extrapolated"] = round(r["export_seconds"] * report["flux1_scale"], 0)
-            r["flux1_denoise_gb_extrapolated"] = round(r["denoise_bytes"] * report["flux1_scale"] / 1e9, 2)
+            full_bytes = float_bytes + (r["denoise_bytes"] - float_bytes) / block_params * full_block_params
+            full_fp32 = full_bytes if r["scheme"] == "fp32" else full_fp32
+            r["flux1_denoise_gb_extrapolated"] = round(full_bytes / 1e9, 2)
+            if full_fp32:
+                r["flux1_size_vs_fp32_extrapolated"] = round(full_bytes / full_fp32, 3)
 
 
 if __name__ == "__main__":

@@ -177,28 +177,32 @@ def backbone_export_section(data: dict) -> str:
     what = {"sdxl": "SDXL UNet (SDXL-base architecture)", "flux": "FLUX.1 transformer at full width, reduced depth"}[data["backbone"]]
     commands = data.get("runs", [data["command"]])
     out = [f"## Full-size export: {what}, random weights ({data['parameters'] / 1e9:.2f} B parameters)", "",
-           " then ".join(f"`{c}`" for c in commands) + f" on {data['cpu']} ({data['threads']} threads), torch {data['torch']}; "
+           " then ".join(f"`{c}`" for c in commands) + (f" on {data['cpu']} ({data['threads']} threads), torch {data['torch']}" if "cpu" in data else "")
+           + "; "
            "one step unrolled, batch 1, 1024x1024 px. Export time includes the PyTorch references (`jobs`: exports run at once, "
            "sharing the cores); latency is ONNX Runtime CPU (extended optimizations), best of the runs, timed alone.", ""]
+    if "cut_short" in data:
+        out += [f"**Cut short:** {data['cut_short']}", ""]
     if "peak_rss_note" in data:
         out += [f"Peak RSS marked ≤: {data['peak_rss_note']}", ""]
     rows = []
     for r in data["rows"]:
         if "denoise_bytes" not in r:
-            rows.append([r["scheme"], "not run: " + r.get("not_run", r.get("failed", "?"))] + [""] * 8)
+            rows.append([r["scheme"], "not run: " + r.get("not_run", r.get("failed", "?"))] + [""] * 9)
             continue
         rss = f"{r['peak_rss_gib']:.1f}" if "peak_rss_gib" in r else f"≤ {r['peak_rss_gib_bound']:.1f}"
-        goal = SIZE_GOALS.get(r["scheme"])
+        goal = SIZE_GOALS.get(r["scheme"]) if data["backbone"] == "sdxl" else None
         size = f"{r.get('size_vs_fp32', 1.0):.3f}x" + (f" ({'meets' if r['size_vs_fp32'] <= goal else 'misses'} ≤ {goal}x)" if goal else "")
         rows.append([r["scheme"], str(r.get("jobs", 1)), f"{r['export_seconds']:.0f}", f"{r['denoise_bytes'] / 1e9:.2f}", size,
                      f"{r['seconds_per_step']:.2f}" if "seconds_per_step" in r else "not timed",
                      f"{r['cosine_vs_fp32']:.5f}" if "cosine_vs_fp32" in r else "-", rss,
-                     str(r.get("flux1_export_seconds_extrapolated", "")), str(r.get("flux1_denoise_gb_extrapolated", ""))])
+                     str(r.get("flux1_export_seconds_extrapolated", "")), str(r.get("flux1_denoise_gb_extrapolated", "")),
+                     f"{r['flux1_size_vs_fp32_extrapolated']:.3f}x" if "flux1_size_vs_fp32_extrapolated" in r else ""])
     headers = ["scheme", "jobs", "export s", "denoise GB", "size vs FP32 (goal)", "ORT CPU s/step", "cosine vs FP32", "peak RSS GiB"]
     if data["backbone"] == "flux":
         out += [f"Extrapolated to FLUX.1's 19 + 38 blocks: {data['flux1_parameters_extrapolated'] / 1e9:.2f} B parameters "
                 f"({data['flux1_scale']}x this model).", ""]
-        headers += ["FLUX.1 export s (extrapolated)", "FLUX.1 denoise GB (extrapolated)"]
+        headers += ["FLUX.1 export s (extrapolated)", "FLUX.1 denoise GB (extrapolated)", "FLUX.1 size vs FP32 (extrapolated)"]
     out.append(_table(headers, [r[:len(headers)] for r in rows]))
     return "\n".join(out)
 
