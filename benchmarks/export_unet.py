@@ -8,12 +8,16 @@ runs end to end. Activation ranges come from one observed UNet call (random weig
 measures speed and size, not image quality). `--small`: the embedded sample, 4 steps unrolled.
 
 Schemes are ONNX Runtime's forms (`runtimes.schemes.scheme_for("onnxruntime", ...)`), named
-`<scheme>[+attn][@7bit|@full]`: `w8a8` (weight range detected on this CPU), `w8a8+attn` (int8
+`<scheme>[+attn][@7bit|@full][+mha]`: `w8a8` (weight range detected on this CPU), `w8a8+attn` (int8
 attention), `w8a8@7bit`, `w4a8s` (int4 stored, int8 kernels), `w4a8` (MatMulNBits + block-int4
-Conv), `w4a16` (TensorRT's INT4 form, run on ORT), `fp32`.
+Conv), `w4a16` (TensorRT's INT4 form, run on ORT), `fp32`. `+mha`: the same artifact with its
+float attention fused to MultiHeadAttention as the onnxruntime target builds it with
+`fuse_attention` (`targets.onnxruntime.fuse_attention_graph`); its speedup is against `fp32+mha` when that runs too,
+so both sides have the same attention kernel.
 
     python benchmarks/export_unet.py --out results/export_unet.json
     python benchmarks/export_unet.py --small --out results/export_small.json
+    python benchmarks/export_unet.py --runs 3 --profile --schemes fp32,w8a8,fp32+mha,w8a8+mha --out results/export_unet_fused.json
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SCHEMES = ("fp32", "w8a8", "w8a8+attn", "w4a8s", "w4a8")
-FUSED_OPS = ("QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear",
+FUSED = "+mha"
+FUSED_OPS = ("MultiHeadAttention", "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear",
              "QuantizeLinear")
 
 
@@ -44,7 +49,7 @@ def scheme_of(spec: str):
     """`w8a8+attn@7bit` -> the ONNX Runtime scheme (placement, weight range, int8 attention)."""
     from qsched_export.quant import get_scheme, scheme_for
 
-    name, _, weight_range = spec.partition("@")
+    name, _, weight_range = spec.removesuffix(FUSED).partition("@")
     name, attn, _ = name.partition("+attn")
     base = get_scheme(name)
     return scheme_for("onnxruntime", base.bits, scheme=name, weight_range=weight_range or None, int8_attention=bool(attn) or "+attn" in spec)
@@ -143,7 +148,7 @@ def run(model: str | None, qsched: Path | None, steps: int, guidance: float | No
 
     results: dict[str, dict] = {}
     for scheme in schemes:
-        artifact, export_s = work / scheme, None
+        artifact, export_s = work / scheme.removesuffix(FUSED), None
         if (artifact / "manifest.json").is_file():
             print(f"[{scheme}] reusing {artifact}", flush=True)
         else:
@@ -154,18 +159,21 @@ def run(model: str | None, qsched: Path | None, steps: int, guidance: float | No
         manifest = load_manifest(artifact, verify=False)
         size = sum(p.stat().st_size for p in artifact.glob("denoise.onnx*"))
         print(f"[{scheme}] {size / 1e9:.3f} GB", flush=True)
-        results[scheme] = {"target_form": manifest.target_form, "weight_range": manifest.scheme.get("weight_range"),
+        results[scheme] = {"target_form": manifest.target_form, "fused_attention": None, "weight_range": manifest.scheme.get("weight_range"),
                            "int8_attention": manifest.scheme.get("int8_attention"), "opset": manifest.opset, "export_s": export_s,
                            "export_graph_s": manifest.quantization["export_seconds"].get("denoise"), "denoise_bytes": size,
                            "quantized_layers": manifest.quantization["exported_layers"]}
         gc.collect()
 
     print("opening ONNX Runtime sessions ...", flush=True)
-    sessions, feeds, goldens = {}, {}, {}
+    sessions, feeds, goldens, graphs = {}, {}, {}, {}
     for scheme in schemes:
-        artifact = work / scheme
+        artifact = work / scheme.removesuffix(FUSED)
+        graphs[scheme] = artifact / "denoise.onnx"
+        if scheme.endswith(FUSED):
+            graphs[scheme] = fused_graph(graphs[scheme], work / scheme / "denoise.onnx", results[scheme])
         optimized = work / f"{scheme}-optimized.onnx" if results[scheme]["denoise_bytes"] < 2**31 else None
-        sessions[scheme] = open_session(artifact / "denoise.onnx", optimized)
+        sessions[scheme] = open_session(graphs[scheme], optimized)
         golden = dict(np.load(artifact / "golden.npz"))
         feeds[scheme] = {i.name: golden[i.name] for i in sessions[scheme].get_inputs()}
         goldens[scheme] = golden.get("fakequant/final_latents", golden["fp32/final_latents"])
@@ -178,22 +186,47 @@ def run(model: str | None, qsched: Path | None, steps: int, guidance: float | No
         results[scheme]["optimized_ops"] = {k: v for k, v in ops.items() if v}
     print(f"timing {runs} interleaved rounds ...", flush=True)
     outputs, times = interleaved_latency(sessions, feeds, runs)
-    base = results.get("fp32")
     del sessions
     gc.collect()
     for scheme, r in results.items():
         if profile:
             print(f"[{scheme}] profiling op types ...", flush=True)
-            r["op_seconds"] = op_profile(work / scheme / "denoise.onnx", feeds[scheme], work)
+            r["op_seconds"] = op_profile(graphs[scheme], feeds[scheme], work)
         r["latency_median_s"] = statistics.median(times[scheme])
         r["latency_runs_s"] = [round(t, 4) for t in times[scheme]]
         r["cosine_vs_torch_reference"] = cosine(outputs[scheme], goldens[scheme])
         r["cosine_vs_fp32_ort"] = cosine(outputs[scheme], outputs["fp32"]) if "fp32" in outputs else None
-    for r in results.values():
+    for scheme, r in results.items():
+        base = results.get("fp32" + FUSED) if scheme.endswith(FUSED) and "fp32" + FUSED in results else results.get("fp32")
         if base:
             r["size_vs_fp32"] = round(r["denoise_bytes"] / base["denoise_bytes"], 4)
             r["speedup_vs_fp32"] = round(base["latency_median_s"] / r["latency_median_s"], 3)
+        unfused = results.get(scheme.removesuffix(FUSED))
+        if scheme.endswith(FUSED) and unfused:
+            r["speedup_vs_unfused"] = round(unfused["latency_median_s"] / r["latency_median_s"], 3)
     return results
+
+
+def fused_graph(src: Path, dst: Path, result: dict) -> Path:
+    """`src` with its float attention fused, as the onnxruntime target prepares it (kept in `dst`'s
+    folder and reused); records the fusion's seconds and count in `result`."""
+    from qsched_export.targets.onnxruntime import fuse_attention_graph
+
+    import onnx
+
+    seconds = None
+    if dst.is_file():
+        print(f"[{dst.parent.name}] reusing {dst}", flush=True)
+    else:
+        print(f"[{dst.parent.name}] fusing attention ...", flush=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        if not fuse_attention_graph(src, dst, ["CPUExecutionProvider"])[0]:
+            raise SystemExit(f"no attention in {src} matched the fusion pattern")
+        seconds = round(time.perf_counter() - start, 2)
+    count = sum(n.op_type == "MultiHeadAttention" for n in onnx.load(str(dst), load_external_data=False).graph.node)
+    result["fused_attention"] = {"count": count, "seconds": seconds}
+    return dst
 
 
 def export_unrolled(model: str | None, steps: int, guidance: float | None, work: Path) -> dict:
@@ -223,6 +256,13 @@ def print_table(title: str, results: dict) -> None:
                       f"{r['latency_median_s']:.3f}", f"{r.get('speedup_vs_fp32', 1):.2f}x", "-" if cos is None else f"{cos:.5f}",
                       f"{r['cosine_vs_torch_reference']:.5f}", ", ".join(f"{k} {v}" for k, v in r["optimized_ops"].items()))
     Console().print(table)
+
+
+def command() -> str:
+    """This run's command line, less --workdir (a cache on this machine, not a setting)."""
+    argv = sys.argv[1:]
+    kept = [a for i, a in enumerate(argv) if a != "--workdir" and not a.startswith("--workdir=") and (i == 0 or argv[i - 1] != "--workdir")]
+    return " ".join(["python benchmarks/export_unet.py", *kept])
 
 
 def main() -> None:
@@ -273,7 +313,7 @@ def main() -> None:
     from runtimes import cpu
 
     report = {"title": title, "unrolled_fp32_export": unrolled, "machine": {"cpu": cpu.probe().to_dict(), "threads": torch.get_num_threads()},
-              "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "runs": args.runs, "results": results}
+              "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "runs": args.runs, "command": command(), "results": results}
     print_table(title, results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

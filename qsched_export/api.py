@@ -68,6 +68,8 @@ class BuildConfig:
         int8_attention: also quantize attention's two matrix products (static scales).
         text_weights: the text encoders' Linear weights, "float" or "int8" (weight-only, per output
             channel; `runtimes.schemes`). With `from_bundle` the artifact's own are built.
+        fuse_attention: onnxruntime target only: float attention rewritten to ORT's
+            MultiHeadAttention at build time (`targets.options.BuildOptions`).
     """
 
     target: str
@@ -89,9 +91,13 @@ class BuildConfig:
     weight_range: str | None = None
     int8_attention: bool = False
     text_weights: str = "float"
+    fuse_attention: bool = False
 
     def validate(self) -> "BuildConfig":
         _check_bits(self.bits)
+        if self.fuse_attention and self.target != "onnxruntime":
+            raise QSchedError(f"--fuse-attention is an onnxruntime build option, not one for {self.target}",
+                              "drop --fuse-attention, or build --target onnxruntime")
         if self.steps is not None and self.steps < 1:
             raise QSchedError(f"steps must be >= 1, got {self.steps}", "pass --steps 4")
         if self.seed < 0:
@@ -210,7 +216,7 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
 
     config.validate()
     options = BuildOptions(config.target, outputs.OUT_ROOT, workspace_mib=config.workspace_mib,
-                           builder_optimization_level=config.builder_level, providers=(config.provider,))
+                           builder_optimization_level=config.builder_level, providers=(config.provider,), fuse_attention=config.fuse_attention)
     if config.from_bundle is not None:
         from runtimes.manifest import load_manifest
 

@@ -61,6 +61,9 @@ def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | N
     require_mobile_scheme(Scheme.from_dict(manifest.scheme))
     with staged_dir(options.out_dir, options.overwrite) as tmp:
         # The converter takes a folder and converts every .onnx under it: give it only the graphs.
+        # Their float attention stays unfused (BuildOptions.fuse_attention is for the onnxruntime target):
+        # MultiHeadAttention is a com.microsoft contrib op, absent from reduced builds made with
+        # --disable_contrib_ops (a usual size saving on phones), and its speed-up is measured on x86 only.
         staging = tmp / ".onnx"
         staging.mkdir()
         for spec in manifest.graphs.values():
