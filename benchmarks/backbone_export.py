@@ -153,8 +153,10 @@ def merged(previous: dict, report: dict) -> dict:
     rows = [r for r in previous["rows"] if r["scheme"] not in ours] + report["rows"]
     order = {s: i for i, s in enumerate(SCHEMES)}
     rows.sort(key=lambda r: order.get(r["scheme"], len(order)))
-    return {**report, "rows": rows, "runs": previous.get("runs", [previous["command"]]) + [report["command"]],
-            "seconds": round(previous["seconds"] + report["seconds"], 1)}
+    # Notes about the earlier rows (a cut-off run, bounds) stay; a report from a log has no seconds.
+    return {**{k: v for k, v in previous.items() if k not in report}, **report, "rows": rows,
+            "runs": previous.get("runs", [previous["command"]]) + [report["command"]],
+            "seconds": round(previous.get("seconds", 0) + report.get("seconds", 0), 1)}
 
 
 def main() -> None:
@@ -263,15 +265,14 @@ def with_ratios(report: dict) -> None:
     full = report["parameters"] - block_params + full_block_params
     report["flux1_parameters_extrapolated"] = full
     report["flux1_scale"] = round(full / report["parameters"], 2)
-    full_fp32 = None
+    def full_bytes(denoise_bytes: int) -> float:
+        return float_bytes + (denoise_bytes - float_bytes) / block_params * full_block_params
+
     for r in rows:
         if "export_seconds" in r:
             r["flux1_export_seconds_extrapolated"] = round(r["export_seconds"] * report["flux1_scale"], 0)
-            full_bytes = float_bytes + (r["denoise_bytes"] - float_bytes) / block_params * full_block_params
-            full_fp32 = full_bytes if r["scheme"] == "fp32" else full_fp32
-            r["flux1_denoise_gb_extrapolated"] = round(full_bytes / 1e9, 2)
-            if full_fp32:
-                r["flux1_size_vs_fp32_extrapolated"] = round(full_bytes / full_fp32, 3)
+            r["flux1_denoise_gb_extrapolated"] = round(full_bytes(r["denoise_bytes"]) / 1e9, 2)
+            r["flux1_size_vs_fp32_extrapolated"] = round(full_bytes(r["denoise_bytes"]) / full_bytes(fp32), 3)
 
 
 if __name__ == "__main__":

@@ -259,10 +259,11 @@ def print_table(title: str, results: dict) -> None:
 
 
 def command() -> str:
-    """This run's command line, less --workdir (a cache on this machine, not a setting)."""
+    """This run's command line, less --workdir (a cache on this machine, not a setting), with an
+    absolute path cut to its file name (a committed result names no machine's folders)."""
     argv = sys.argv[1:]
     kept = [a for i, a in enumerate(argv) if a != "--workdir" and not a.startswith("--workdir=") and (i == 0 or argv[i - 1] != "--workdir")]
-    return " ".join(["python benchmarks/export_unet.py", *kept])
+    return " ".join(["python benchmarks/export_unet.py", *(Path(a).name if a.startswith("/") else a for a in kept)])
 
 
 def main() -> None:

@@ -130,7 +130,16 @@ def generic_section(title: str, data: dict) -> str:
     if unrolled:  # the export-time run: its one-round latency row is not a measurement worth a table
         return "\n".join([f"## {title}", "", f"FP32 denoise graph unrolled over {unrolled['steps']} steps: exported in {unrolled['export_s']:.0f} s, "
                           f"{unrolled['denoise_bytes'] / 1e9:.3f} GB (the steps share one copy of the weights)."])
-    return "\n".join([f"## {title}", "", f"`{command}` on {data.get('device', 'this machine')}" if command else "", "", _table(headers, body)])
+    return "\n".join([f"## {title}", "", f"`{command}` on {data.get('device', 'this machine')}" if command else "", _machine(data), "",
+                      _table(headers, body)])
+
+
+def _machine(data: dict) -> str:
+    """The CPU a benchmark/export_unet.py run names (its int8 kernel decides the speed), if it names one."""
+    cpu = data.get("machine", {}).get("cpu")
+    if not isinstance(cpu, dict):
+        return ""
+    return f"CPU: {cpu['model']} ({cpu['arch']}, int8 kernel {cpu['int8_kernel']}), {data['machine']['threads']} threads."
 
 
 def _scheme_rows(results: dict | list | None) -> list[dict]:
@@ -141,8 +150,10 @@ def _scheme_rows(results: dict | list | None) -> list[dict]:
                  "parity": "PASSED" if r["parity"]["passed"] else "FAILED"} for r in results]
     if not isinstance(results, dict):
         return []
+    fused = any("speedup_vs_unfused" in r for r in results.values())
     return [{"scheme": name, "form": r["target_form"], "opset": r["opset"], "size GB": r["denoise_bytes"] / 1e9,
              "size vs fp32": r["size_vs_fp32"], "median s": r["latency_median_s"], "speedup": r["speedup_vs_fp32"],
+             **({"speedup vs unfused": r.get("speedup_vs_unfused", "-")} if fused else {}),
              "cosine vs fp32": r["cosine_vs_fp32_ort"], "export s": r["export_graph_s"], "time by op type": _op_shares(r.get("op_seconds"))}
             for name, r in results.items()]
 
@@ -157,7 +168,9 @@ def _op_shares(op_seconds: dict | None, top: int = 5) -> str:
 
 SECTIONS = (
     ("sample_grid.json", "Embedded sample on CPU: 2/4/8 steps, FP32 / W8A8 / W4A8 / W4A8 + Q-Sched (docs/sample_quant_grid.png)"),
-    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet, 1 step (`python benchmarks/export_unet.py --profile`, 2-core AVX2 CPU without VNNI)"),
+    ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet, 1 step, before the per-runtime Q/DQ placement (`python benchmarks/export_unet.py --profile`)"),
+    ("export_unet_int8.json", "The same after the per-runtime Q/DQ placement, with int8 attention and w4a8s (`python benchmarks/export_unet.py --runs 3 --profile --schemes fp32,w8a8,w8a8+attn,w4a8s,w4a8`)"),
+    ("export_unet_fused.json", "The same with float attention fused into ORT's MultiHeadAttention (`build --fuse-attention`; +mha speedups are against fp32+mha)"),
     ("export_unet_unrolled.json", "FP32 export of the SD1.5-sized UNet unrolled over 4 steps (`python benchmarks/export_unet.py --schemes fp32 --runs 1 --unrolled 4`)"),
     ("export_sample.json", "Export size and ONNX Runtime CPU latency: embedded sample"),
     ("runtime_sample.json", "Embedded sample on ONNX Runtime CPU: latency and parity of built artifacts (`python benchmarks/runtime_latency.py out/shapes-sd-onnxruntime-{fp32,w8a8,w4a8} --repeats 20`, 2-core CPU)"),
@@ -192,7 +205,8 @@ def backbone_export_section(data: dict) -> str:
             continue
         rss = f"{r['peak_rss_gib']:.1f}" if "peak_rss_gib" in r else f"≤ {r['peak_rss_gib_bound']:.1f}"
         goal = SIZE_GOALS.get(r["scheme"]) if data["backbone"] == "sdxl" else None
-        size = f"{r.get('size_vs_fp32', 1.0):.3f}x" + (f" ({'meets' if r['size_vs_fp32'] <= goal else 'misses'} ≤ {goal}x)" if goal else "")
+        ratio = r.get("size_vs_fp32")  # absent without an fp32 row
+        size = "-" if ratio is None else f"{ratio:.3f}x" + (f" ({'meets' if ratio <= goal else 'misses'} ≤ {goal}x)" if goal else "")
         rows.append([r["scheme"], str(r.get("jobs", 1)), f"{r['export_seconds']:.0f}", f"{r['denoise_bytes'] / 1e9:.2f}", size,
                      f"{r['seconds_per_step']:.2f}" if "seconds_per_step" in r else "not timed",
                      f"{r['cosine_vs_fp32']:.5f}" if "cosine_vs_fp32" in r else "-", rss,

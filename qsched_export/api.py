@@ -95,9 +95,6 @@ class BuildConfig:
 
     def validate(self) -> "BuildConfig":
         _check_bits(self.bits)
-        if self.fuse_attention and self.target != "onnxruntime":
-            raise QSchedError(f"--fuse-attention is an onnxruntime build option, not one for {self.target}",
-                              "drop --fuse-attention, or build --target onnxruntime")
         if self.steps is not None and self.steps < 1:
             raise QSchedError(f"steps must be >= 1, got {self.steps}", "pass --steps 4")
         if self.seed < 0:
@@ -212,6 +209,7 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
     (its `report` holds the table) and leaves `out` as it was."""
     from qsched_export.targets import BuildOptions
     from qsched_export.targets import build as build_target
+    from qsched_export.targets.onnxruntime import require_fusable
     from runtimes.files import check_output_folder
 
     config.validate()
@@ -222,6 +220,8 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
 
         manifest = load_manifest(config.from_bundle)  # verifies every sha256 before anything runs
         held = Scheme.from_dict(manifest.scheme)
+        if options.fuse_attention:
+            require_fusable(held)
         if held.bits != config.bits:
             raise QSchedError(f"{config.from_bundle} holds scheme {held.name} (--bits {held.bits}), not --bits {config.bits}",
                               f"pass --bits {held.bits}, or bundle --bits {config.bits} on the workstation")
@@ -240,6 +240,8 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
         from qsched_export.targets.ort_mobile import require_mobile_scheme
 
         require_mobile_scheme(scheme)  # before a long export, as the target itself refuses it
+    if options.fuse_attention:
+        require_fusable(scheme)  # likewise
     progress(f"building {config.target} with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
     start = time.perf_counter()

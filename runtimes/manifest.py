@@ -21,7 +21,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-SCHEMA_VERSION = 2
+# 3: the scheme record holds text_weights (a v2 manifest's record would be refused field by field).
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 # Written next to the graphs after the manifest, so never hashed into it.
 UNHASHED = (MANIFEST_NAME, "parity.json")

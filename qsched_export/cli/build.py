@@ -38,9 +38,8 @@ def build(
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
     text_weights: str = text_weights_option(),
-    fuse_attention: bool = typer.Option(False, "--fuse-attention", help="onnxruntime: rewrite float attention to ORT's MultiHeadAttention "
-                                        "(SD1.5-sized UNet step: W8A8 1.18x, FP32 1.12x faster on a 2-core CPU; off by default: FP32 "
-                                        "latents move by float rounding near the parity gate)."),
+    fuse_attention: bool = typer.Option(False, "--fuse-attention", help="onnxruntime, quantized schemes: rewrite float attention to ORT's "
+                                        "MultiHeadAttention (SD1.5-sized W8A8 UNet step 1.12x faster on a 2-core CPU)."),
 ) -> None:
     """Export (or take --from) an artifact and build it for a target, then check parity and write sample.png."""
     from qsched_export.api import BuildConfig, build as run_build

@@ -20,6 +20,7 @@ from runtimes.files import staged_dir
 from runtimes.manifest import artifact_path, load_manifest
 from runtimes.int4 import ort_source
 from runtimes.runners import ort_session_options, resolve_providers
+from runtimes.schemes import Scheme
 
 NAME = "onnxruntime"
 
@@ -78,12 +79,23 @@ def optimize_graph(src: Path, dst: Path, level: str, providers: list[str], fuse:
     return count
 
 
+def require_fusable(scheme: Scheme) -> None:
+    """Refuse `fuse_attention` for a float scheme: MultiHeadAttention's blocked softmax moves FP32
+    latents by float rounding up to the FP32 parity gate (1.04e-4 against 1e-4 on a tiny LCM
+    pipeline), so such a build would fail parity for no error of ours; quantized gates allow for it."""
+    if not scheme.quantized:
+        raise QSchedError(f"--fuse-attention is for quantized builds, not {scheme.name} (the fused softmax order moves float latents "
+                          "past the float parity gate)", "drop --fuse-attention, or build --bits 8 or 4")
+
+
 def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | None = None) -> Path:
     """Optimize each graph into a staging folder; it replaces `options.out_dir` once complete and `verify`ed."""
     import onnxruntime as ort
 
     src = Path(artifact_dir)
     manifest = load_manifest(src)
+    if options.fuse_attention:
+        require_fusable(Scheme.from_dict(manifest.scheme))
     providers = resolve_providers(options.providers, ort.get_available_providers())
     with staged_dir(options.out_dir, options.overwrite) as tmp:
         files, fused = {}, 0
@@ -92,5 +104,8 @@ def build(artifact_dir: str | Path, options: BuildOptions, *, verify: Verify | N
             fused += optimize_graph(artifact_path(src, spec.file), tmp / name, options.ort_level, providers, options.fuse_attention)
             files[role] = name
         copy_runtime_files(src, tmp, manifest)
-        finish(tmp, manifest, files, {"onnxruntime": ort.__version__, "onnxruntime_level": options.ort_level, "fused_attentions": str(fused)}, verify)
+        tools = {"onnxruntime": ort.__version__, "onnxruntime_level": options.ort_level}
+        if options.fuse_attention:
+            tools["fused_attentions"] = str(fused)
+        finish(tmp, manifest, files, tools, verify)
     return options.out_dir

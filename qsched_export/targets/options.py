@@ -32,9 +32,10 @@ class BuildOptions:
         mobile_platform: `arm` (phones, Jetson CPU) or `amd64`, for ORT's fixed optimizations.
         fuse_attention: onnxruntime target: rewrite float attention to ORT's MultiHeadAttention
             (`ort_attention.py`), for every scheme alike. Measured on an SD1.5-sized UNet step, 2-core
-            AVX512 CPU: W8A8 1.18x, FP32 1.12x faster (benchmarks/results/export_unet_fused.json).
-            Off by default: its blocked softmax moves FP32 latents by float rounding that reaches the
-            FP32 parity gate's max_abs 1e-4 (1.04e-4 on the tiny LCM pipeline, 8.4e-5 unfused).
+            AVX512 CPU: W8A8 1.12x, FP32 1.09x faster (benchmarks/results/export_unet_fused.json).
+            Off by default. Quantized schemes only (`onnxruntime.require_fusable`): its blocked
+            softmax moves FP32 latents by float rounding that reaches the FP32 parity gate's max_abs
+            1e-4 (1.04e-4 on the tiny LCM pipeline, 8.4e-5 unfused).
     """
 
     target: str
@@ -57,6 +58,9 @@ class BuildOptions:
             raise QSchedError(f"builder optimization level must be 0-5, got {self.builder_optimization_level}", "TensorRT's default is 3")
         if self.ort_level not in ORT_LEVELS:
             raise QSchedError(f"ORT optimization level {self.ort_level!r} is unknown", f"use one of {', '.join(ORT_LEVELS)}")
+        if self.fuse_attention and self.target != "onnxruntime":
+            raise QSchedError(f"--fuse-attention is an onnxruntime build option, not one for {self.target}",
+                              "drop --fuse-attention, or build --target onnxruntime")
         if self.mobile_platform not in MOBILE_PLATFORMS:
             raise QSchedError(f"mobile platform {self.mobile_platform!r} is unknown", f"use one of {', '.join(MOBILE_PLATFORMS)}")
         object.__setattr__(self, "out_dir", Path(self.out_dir))

@@ -6,7 +6,7 @@ with v, and the heads transposed and reshaped back. ONNX Runtime runs that as se
 write the whole (heads x tokens x tokens) score matrix to memory and read it back: 512 MB per
 4096-token self-attention of an SD1.5 UNet. Its CPU MultiHeadAttention kernel computes the same
 attention in cache-sized blocks (flash attention): on this project's 2-core AVX512 machine, 168 ms
-against 300 ms for that attention alone, and 1.1-1.2x (noisy) on a whole W8A8 UNet step
+against 300 ms for that attention alone, and 1.12x on a whole W8A8 UNet step
 (benchmarks/results/export_unet_fused.json). ONNX Runtime's own transformer optimizer
 (`optimize_model(model_type="unet")`) matches none of these attentions: it expects an older
 diffusers export, and it also writes CUDA-only ops (GroupNorm, NhwcConv).
@@ -14,7 +14,9 @@ diffusers export, and it also writes CUDA-only ops (GroupNorm, NhwcConv).
 The rewrite keeps the q/k/v projections (quantized or not), each reshaped to the [B, S, N*H]
 MultiHeadAttention takes, and replaces only the float core; an
 attention with Q/DQ on q, k, v or the probabilities (int8 attention) does not match and stays as
-exported. It reads constants: run it on a graph ONNX Runtime has constant-folded (basic level),
+exported, and so does a masked one (CLIP's causal text attention, T5's position bias): the
+exporter writes the mask as an Add between the scores' MatMul and the Softmax, and the match
+requires the MatMul to feed the Softmax directly. It reads constants: run it on a graph ONNX Runtime has constant-folded (basic level),
 where the scale and the reshape targets are initializers.
 """
 
@@ -115,7 +117,7 @@ def _scaled_heads(g: _Graph, name: str, perm: list[int]) -> _Heads | None:
     return None
 
 
-def _match(g: _Graph, softmax: onnx.NodeProto) -> tuple[list, list, onnx.NodeProto, list, list] | None:
+def _match(g: _Graph, softmax: onnx.NodeProto, index: int) -> tuple[list, list, onnx.NodeProto, list, list] | None:
     """What replaces the attention around `softmax`: new nodes (q/k/v reshaped to [B, S, N*H] and
     the MultiHeadAttention), their initializers, the Reshape after the attention that then reads
     it, the nodes that go, and the q/k/v head splits that go unless something else reads them."""
@@ -146,7 +148,8 @@ def _match(g: _Graph, softmax: onnx.NodeProto) -> tuple[list, list, onnx.NodePro
     # MultiHeadAttention takes [B, S, N*H] inputs. What the head split read may have another rank
     # (ORT's basic pass turns a biased projection into a Gemm on [B*S, C]), so each is reshaped:
     # [B, S, N, H] and [B, S, N*H] are the same bytes.
-    prefix = f"{softmax.name}/{FUSED_OP}"
+    # Named by count, not after the Softmax: exporters may leave node names empty or repeated.
+    prefix = f"qsched_attention_{index}/{FUSED_OP}"
     nodes, inits = [], []
     for role, heads in (("query", query), ("key", key), ("value", value)):
         target = np.array([*heads.target[:2], heads.num_heads * heads.head_size], np.int64)
@@ -166,7 +169,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
     gone: set[int] = set()
     heads: list[onnx.NodeProto] = []
     for softmax in [n for n in g.nodes if n.op_type == "Softmax"]:
-        found = _match(g, softmax)
+        found = _match(g, softmax, len(fused_before))
         if found is not None:
             new, inits, flatten, core, sides = found
             flatten.input[0] = new[-1].output[0]

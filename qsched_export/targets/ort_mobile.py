@@ -30,13 +30,18 @@ def convert_command(onnx_dir: Path, out_dir: Path, platform: str) -> list[str]:
 
 
 def require_mobile_scheme(scheme: Scheme) -> None:
-    """Refuse int8 text-encoder weights: the ORT-format converter fuses their DequantizeLinear ->
-    MatMul into MatMulNBits at accuracy level 4, which quantizes the activations to int8, and takes
-    no session option to keep them float (`runtimes.runners.ort_session_options`), so the package
-    would not compute what was exported (tiny FLUX, fp32: step-1 max abs 6.7e-4 against the 1e-4 gate)."""
+    """Refuse int8 weight-only Linear layers (int8 text-encoder weights, or the w8a16 scheme): the
+    ORT-format converter fuses their DequantizeLinear -> MatMul into MatMulNBits at accuracy level
+    4, which quantizes the activations to int8, and takes no session option to keep them float
+    (`runtimes.runners.ort_session_options`), so the package would not compute what was exported
+    (tiny FLUX, fp32: step-1 max abs 6.7e-4 against the 1e-4 gate)."""
     if scheme.text_weights != "float":
         raise QSchedError(f"ort-mobile cannot keep {scheme.text_weights} text-encoder weights weight-only (ONNX Runtime's ORT-format "
                           "converter runs them with int8 activations)", "drop --text-weights for ort-mobile, or build --target onnxruntime")
+    linear = scheme.linear
+    if linear is not None and linear.weight_bits == 8 and linear.act_bits is None:
+        raise QSchedError(f"ort-mobile cannot keep {scheme.name}'s int8 weights weight-only (ONNX Runtime's ORT-format converter runs "
+                          "them with int8 activations)", "use --bits 8 (w8a8) or --bits 4 (w4a8) for ort-mobile")
 
 
 def _require_loadable(path: Path) -> None:

@@ -79,6 +79,8 @@ def test_build_onnxruntime_int8_uses_the_calibrated_scheme(tiny_with_qsched, tmp
     (["--target", "onnxruntime", "--bits", "4", "--opset", "20"], "needs opset 21"),
     (["--target", "onnxruntime", "--text-weights", "int4"], "text weights must be one of float, int8, got 'int4'"),
     (["--target", "ort-mobile", "--text-weights", "int8"], "ort-mobile cannot keep int8 text-encoder weights"),
+    (["--target", "tensorrt", "--bits", "8", "--fuse-attention"], "--fuse-attention is an onnxruntime build option, not one for tensorrt"),
+    (["--target", "onnxruntime", "--bits", "32", "--fuse-attention"], "--fuse-attention is for quantized builds, not fp32"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, tiny_with_qsched, tmp_path):
     model, qsched = tiny_with_qsched

@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from qsched_export.targets import BuildOptions, build
-from qsched_export.targets.onnxruntime import fuse_attention_graph
+from qsched_export.errors import QSchedError
+from qsched_export.targets.onnxruntime import fuse_attention_graph, optimize_graph
 from qsched_export.targets.ort_attention import FUSED_OP
 from runtimes.parity import check_artifact
 
@@ -53,19 +54,32 @@ def _denoise(path, golden: dict) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("scheme,atol", [("fp32", 1e-4), ("w8a8", 1e-3)])
-def test_onnxruntime_build_fuses_every_float_attention(exported, scheme, atol, tmp_path):
+def test_fusion_replaces_every_float_attention_of_the_denoiser(exported, scheme, atol, tmp_path):
+    """The rewrite itself, on float and int8 graphs: every Softmax of the denoiser becomes one
+    MultiHeadAttention and the graph computes what the exported one does."""
     artifact = exported(scheme)
     attentions = _ops(artifact / "denoise.onnx")["Softmax"]
     assert attentions > 0
-    out = build(artifact, BuildOptions("onnxruntime", tmp_path / "ort", fuse_attention=True))
-    built = _ops(out / "denoise.onnx")
+    assert optimize_graph(artifact / "denoise.onnx", tmp_path / "denoise.onnx", "extended", ["CPUExecutionProvider"], fuse=True) == attentions
+    built = _ops(tmp_path / "denoise.onnx")
     assert built[FUSED_OP] == attentions and built["Softmax"] == 0
     # The built graph against the exported one, run as exported (separate MatMul/Softmax kernels).
     golden = dict(np.load(artifact / "golden.npz"))
-    for fused, unfused in zip(_denoise(out / "denoise.onnx", golden), _denoise(artifact / "denoise.onnx", golden), strict=True):
+    for fused, unfused in zip(_denoise(tmp_path / "denoise.onnx", golden), _denoise(artifact / "denoise.onnx", golden), strict=True):
         np.testing.assert_allclose(fused, unfused, rtol=0, atol=atol)
+
+
+def test_onnxruntime_build_fuses_a_quantized_artifact_and_passes_parity(exported, tmp_path):
+    """A w8a8 build with fuse_attention passes `check`; CLIP's causal (masked) attention stays as
+    exported; a default build fuses nothing; a float build is refused before anything is written."""
+    artifact = exported("w8a8")
+    out = build(artifact, BuildOptions("onnxruntime", tmp_path / "ort", fuse_attention=True))
     assert check_artifact(out).passed
+    assert _ops(out / "text_encoder.onnx")[FUSED_OP] == 0 and _ops(out / "text_encoder.onnx")["Softmax"] > 0
     assert _ops(build(artifact, BuildOptions("onnxruntime", tmp_path / "default")) / "denoise.onnx")[FUSED_OP] == 0
+    with pytest.raises(QSchedError, match="--fuse-attention is for quantized builds, not fp32"):
+        build(exported("fp32"), BuildOptions("onnxruntime", tmp_path / "float", fuse_attention=True))
+    assert not (tmp_path / "float").exists()
 
 
 def test_int8_attention_is_not_fused(exported, tmp_path):

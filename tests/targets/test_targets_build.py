@@ -136,3 +136,18 @@ def test_contract_profile_of_installed_tensorrt(version, profile):
 def test_build_options_validate(kwargs, message, tmp_path):
     with pytest.raises(QSchedError, match=message):
         BuildOptions(**{"target": "onnxruntime", "out_dir": tmp_path, **kwargs})
+
+
+@pytest.mark.parametrize("scheme,message", [("w8a16", "ort-mobile cannot keep w8a16's int8 weights weight-only"),
+                                            ("w8a8", None), ("w4a8", None), ("fp32", None)])
+def test_ort_mobile_refuses_int8_weight_only_linears(scheme, message):
+    """The ORT-format converter runs int8 weight-only MatMuls with int8 activations: w8a16 is
+    refused before anything is converted; schemes whose Linear activations are int8 already, or float
+    with no int8 weights, pass."""
+    from qsched_export.targets.ort_mobile import require_mobile_scheme
+
+    if message is None:
+        require_mobile_scheme(SCHEMES[scheme])
+    else:
+        with pytest.raises(QSchedError, match=message):
+            require_mobile_scheme(SCHEMES[scheme])
