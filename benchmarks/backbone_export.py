@@ -75,10 +75,11 @@ def time_one(args) -> dict:
     import numpy as np
     import onnxruntime as ort
 
+    from runtimes.runners import ort_session_options
+
     artifact = args.work_dir / args.one
-    options = ort.SessionOptions()
+    options = ort_session_options()  # the settings the runtime's own sessions take
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.log_severity_level = 3
     t0 = time.perf_counter()
     session = ort.InferenceSession(str(artifact / "denoise.onnx"), options, providers=["CPUExecutionProvider"])
     session_s = time.perf_counter() - t0

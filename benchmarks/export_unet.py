@@ -89,8 +89,9 @@ def model_source(path: Path) -> str | bytes:
 def open_session(path: Path, optimized: Path | None = None):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    from runtimes.runners import ort_session_options
+
+    options = ort_session_options()  # the settings the runtime's own sessions take
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
     return ort.InferenceSession(model_source(path), options, providers=["CPUExecutionProvider"])
@@ -101,8 +102,9 @@ def op_profile(path: Path, feeds: dict, work: Path) -> dict[str, float]:
     e.g. how much of an INT8 graph still runs float attention MatMul/Softmax."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    from runtimes.runners import ort_session_options
+
+    options = ort_session_options()
     options.enable_profiling = True
     options.profile_file_prefix = str(work / f"profile-{path.parent.name}")
     session = ort.InferenceSession(model_source(path), options, providers=["CPUExecutionProvider"])

@@ -317,10 +317,17 @@ class Scheme:
             raise ArtifactError("the manifest's scheme is not a scheme record", _REEXPORT)
         name = str(data["name"])
         _check_record_keys(data, SCHEME_RECORD_KEYS, f"the manifest's scheme {name}")
-        layers = {kind: None if data[kind] is None else LayerQuant.from_dict(data[kind], f"the manifest's scheme {name} ({kind})")
-                  for kind in ("linear", "conv")}
-        return cls(name, layers["linear"], layers["conv"], str(data["float_dtype"]), bool(data["int8_attention"]), str(data["placement"]),
-                   str(data["text_weights"]))
+        where = f"the manifest's scheme {name}"
+        if not isinstance(data["int8_attention"], bool):  # bool("false") would be True
+            raise ArtifactError(f"{where}: int8_attention is {data['int8_attention']!r}, not true or false", _REEXPORT)
+        layers = {kind: None if data[kind] is None else LayerQuant.from_dict(data[kind], f"{where} ({kind})") for kind in ("linear", "conv")}
+        scheme = cls(name, layers["linear"], layers["conv"], str(data["float_dtype"]), data["int8_attention"], str(data["placement"]),
+                     str(data["text_weights"]))
+        # The record repeats what its layers imply, for readers without this class: they must agree.
+        for key in ("bits", "weight_bits", "weight_range"):
+            if data[key] != getattr(scheme, key):
+                raise ArtifactError(f"{where}: its {key} {data[key]!r} is not what its layers give ({getattr(scheme, key)!r})", _REEXPORT)
+        return scheme
 
     def describe(self) -> str:
         """One line for the CLI, e.g. "Linear int8 weights, static int8 activations; Conv ...; int8 attention"."""

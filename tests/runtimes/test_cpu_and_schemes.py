@@ -103,6 +103,9 @@ def test_scheme_records_are_torch_free_and_complete():
     (lambda r: r["linear"].pop("reduce_range"), r"scheme w8a8 \(linear\): the record lacks field\(s\) reduce_range"),
     (lambda r: r["conv"].update(sparsity=2), r"scheme w8a8 \(conv\): the record has unknown field\(s\) sparsity"),
     (lambda r: r.update(linear=[8]), r"scheme w8a8 \(linear\): the layer record is a list"),
+    (lambda r: r.update(int8_attention="false"), "scheme w8a8: int8_attention is 'false', not true or false"),
+    (lambda r: r.update(bits=4), r"scheme w8a8: its bits 4 is not what its layers give \(8\)"),
+    (lambda r: r.update(weight_range="7bit"), r"scheme w8a8: its weight_range '7bit' is not what its layers give \('full'\)"),
 ])
 def test_incomplete_scheme_records_are_refused(change, message):
     """A manifest's scheme record with a field missing or unknown (another version wrote it) is an
