@@ -40,9 +40,10 @@ def _check_bits(bits: int) -> None:
         raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
 
 
-def _check_text_weights(text_weights: str, from_artifact: Path | None) -> None:
-    # The value itself is checked where the scheme is made (runtimes.schemes.Scheme).
-    if from_artifact is not None and text_weights != "float":
+def _check_text_weights(text_weights: str | None, from_artifact: Path | None) -> None:
+    # The value itself is checked where the scheme is made (runtimes.schemes.Scheme). None, not
+    # "float", is the default, so that an explicit --text-weights float with --from is refused too.
+    if from_artifact is not None and text_weights is not None:
         raise QSchedError(f"--from takes {from_artifact} with the text-encoder weights it was exported with",
                           "drop --text-weights with --from (export with --text-weights int8 on the workstation)")
 
@@ -67,7 +68,7 @@ class BuildConfig:
             Runtime, full for TensorRT: runtimes.schemes.default_weight_range).
         int8_attention: also quantize attention's two matrix products (static scales).
         text_weights: the text encoders' Linear weights, "float" or "int8" (weight-only, per output
-            channel; `runtimes.schemes`). With `from_bundle` the artifact's own are built.
+            channel; `runtimes.schemes`); None = float. With `from_bundle` the artifact's own are built.
         fuse_attention: onnxruntime target only: float attention rewritten to ORT's
             MultiHeadAttention at build time (`targets.options.BuildOptions`).
     """
@@ -90,7 +91,7 @@ class BuildConfig:
     loras: tuple[LoraSpec, ...] = ()
     weight_range: str | None = None
     int8_attention: bool = False
-    text_weights: str = "float"
+    text_weights: str | None = None
     fuse_attention: bool = False
 
     def validate(self) -> "BuildConfig":
@@ -136,7 +137,7 @@ class BundleConfig:
     loras: tuple[LoraSpec, ...] = ()
     weight_range: str | None = None
     int8_attention: bool = False
-    text_weights: str = "float"
+    text_weights: str | None = None
 
     def validate(self) -> "BundleConfig":
         _check_bits(self.bits)

@@ -404,16 +404,16 @@ def default_weight_range(target: str, cpu=None) -> str:
 
 
 def scheme_for(target: str, bits: int, *, weight_range: str | None = None, int8_attention: bool = False, scheme: str | None = None, cpu=None,
-               text_weights: str = "float") -> Scheme:
+               text_weights: str | None = None) -> Scheme:
     """The scheme `--bits` (or `scheme`, by name) means for a build target, with the target's Q/DQ
     placement, `weight_range` ("full", "7bit"; None = `default_weight_range`), int8 attention and
-    the text encoders' weights (`text_weights`: "float" or "int8")."""
+    the text encoders' weights (`text_weights`: "float" or "int8"; None = float)."""
     check_target(target)
     if scheme is None:
         if bits not in BITS:
             raise SchemeError(f"bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 4, 8, 16 or 32")
         scheme = _BITS_TO_SCHEME[target][bits]
-    chosen = replace(get_scheme(scheme), text_weights=text_weights)  # validates it; the text encoders take it whatever the bits
+    chosen = replace(get_scheme(scheme), text_weights="float" if text_weights is None else text_weights)  # validates it; the text encoders take it whatever the bits
     if not chosen.quantized:
         if int8_attention:
             raise SchemeError(f"int8 attention needs a quantized scheme, not {chosen.name}", "pass --bits 8 with --int8-attention")

@@ -37,7 +37,7 @@ def build(
     seed: int = typer.Option(0, "--seed", help="Noise seed of sample.png with --prompt."),
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
-    text_weights: str = text_weights_option(),
+    text_weights: str | None = text_weights_option(),
     fuse_attention: bool = typer.Option(False, "--fuse-attention", help="onnxruntime, quantized schemes: rewrite float attention to ORT's "
                                         "MultiHeadAttention (SD1.5-sized W8A8 UNet step 1.12x faster on a 2-core CPU)."),
 ) -> None:
@@ -84,7 +84,7 @@ def bundle(
     builder_level: int = typer.Option(3, "--builder-level", help="TensorRT builder optimization level 0-5."),
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
-    text_weights: str = text_weights_option(),
+    text_weights: str | None = text_weights_option(),
 ) -> None:
     """Package the TensorRT form (ONNX, manifest, golden data, tokenizers, build_engine.sh, README) to build on a Jetson."""
     from qsched_export.api import BundleConfig, bundle as run_bundle

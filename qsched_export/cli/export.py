@@ -34,7 +34,7 @@ def export(
     prompt: str = typer.Option(None, "--prompt", "-p", help="Prompt of the golden parity data."),
     weight_range_: str = weight_range_option(),
     int8_attention: bool = int8_attention_option(),
-    text_weights: str = text_weights_option(),
+    text_weights: str | None = text_weights_option(),
 ) -> None:
     """Export the few-step sampler as static ONNX graphs with baked Q-Sched coefficients and Q/DQ."""
     with user_errors():

@@ -34,7 +34,7 @@ def int8_attention_option():
 
 
 def text_weights_option():
-    return typer.Option("float", "--text-weights", help="Text encoders' Linear weights: float, or int8 (per output channel, weight-only: "
+    return typer.Option(None, "--text-weights", help="Text encoders' Linear weights: float (the default), or int8 (per output channel, weight-only: "
                         "DequantizeLinear -> MatMul with float activations, for ONNX Runtime and TensorRT; about 0.26x the float Linear "
                         "bytes, e.g. FLUX's T5).")
 
