@@ -39,6 +39,8 @@ import torch
 # This checkout's packages, not an installed copy's (the script runs from benchmarks/).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_json import write_results  # noqa: E402
+
 SCHEMES = ("fp32", "w8a8", "w8a8+attn", "w4a8s", "w4a8")
 FUSED = "+mha"
 FUSED_OPS = ("MultiHeadAttention", "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "MatMulInteger", "ConvInteger", "MatMulNBits", "DequantizeLinear",
@@ -319,9 +321,7 @@ def main() -> None:
               "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "runs": args.runs, "command": command(), "results": results}
     print_table(title, results)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

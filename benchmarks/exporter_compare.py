@@ -8,7 +8,6 @@ fake-quant reference, per scheme. docs/EXPORTER.md reads this.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.results_json import write_results  # noqa: E402
 
 
 def main() -> None:
@@ -77,9 +78,7 @@ def main() -> None:
     except ImportError:
         pass
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ as relative L2 error against the PyTorch fake-quant reference, for
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.results_json import write_results  # noqa: E402
 
 FLIP_SHARES = (1e-4, 1e-3, 1e-2)
 
@@ -141,9 +142,7 @@ def main() -> None:
         for name, value in result[key].items():
             print(f"  {name:34} {value:.3e}  {value / noise:6.2f}x")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_results(args.out, result)
 
 
 if __name__ == "__main__":
