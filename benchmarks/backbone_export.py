@@ -104,10 +104,17 @@ def child(args, scheme: str, mode: str) -> tuple[list[str], Path]:
             str(args.qsched_file), "--work", str(args.work_dir), "--out", str(out), "--latency-runs", str(args.latency_runs)], out
 
 
-def finish(result: subprocess.CompletedProcess, out: Path) -> dict:
-    if result.returncode != 0:
-        return {"failed": (result.stderr.strip().splitlines() or ["?"])[-1][:300]}
+def finish(returncode: int, stderr: str, out: Path) -> dict:
+    """A child's row, or its last error line."""
+    if returncode != 0:
+        return {"failed": (stderr.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(out.read_text())
+
+
+def in_scheme_order(rows) -> list[dict]:
+    """Rows in SCHEMES order (fp32 first), others after."""
+    order = {s: i for i, s in enumerate(SCHEMES)}
+    return sorted(rows, key=lambda r: order.get(r["scheme"], len(order)))
 
 
 def run_exports(args, started: float, save) -> list[dict]:
@@ -124,20 +131,23 @@ def run_exports(args, started: float, save) -> list[dict]:
             # N exports each running torch on every core oversubscribe the CPU many times over (measured:
             # three full-size SDXL exports did not finish in 445 s that take 152 s alone): share the cores.
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
-            running.append((scheme, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env), out))
+            # stderr to a file, not a pipe read only at the end: a child's progress bars would fill a
+            # pipe's 64 KB and block it.
+            log = out.with_suffix(".log")
+            with log.open("w") as sink:
+                running.append((scheme, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink, text=True, env=env), out))
         time.sleep(1)
         for item in [r for r in running if r[1].poll() is not None]:
             scheme, proc, out = item
             running.remove(item)
-            stdout, stderr = proc.communicate()
-            rows[scheme] = {"scheme": scheme, "jobs": args.jobs,
-                            **finish(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out)}
+            rows[scheme] = {"scheme": scheme, "jobs": args.jobs, **finish(proc.returncode, out.with_suffix(".log").read_text(), out)}
             print(json.dumps(rows[scheme]), flush=True)
             save([rows[s] for s in args.schemes if s in rows])
     for scheme in args.schemes:
         if scheme in args.latency and "denoise_bytes" in rows[scheme]:
             cmd, out = child(args, scheme, "latency")
-            rows[scheme].update(finish(subprocess.run(cmd, capture_output=True, text=True), out))
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            rows[scheme].update(finish(result.returncode, result.stderr, out))
             print(json.dumps(rows[scheme]), flush=True)
             save([rows[s] for s in args.schemes])
         if (args.work_dir / scheme).exists():
@@ -151,9 +161,7 @@ def merged(previous: dict, report: dict) -> dict:
     if any(previous.get(k) != report[k] for k in keys):
         raise SystemExit(f"--merge: {previous.get('backbone')} report differs in {keys}; write to another --out")
     ours = {r["scheme"] for r in report["rows"]}
-    rows = [r for r in previous["rows"] if r["scheme"] not in ours] + report["rows"]
-    order = {s: i for i, s in enumerate(SCHEMES)}
-    rows.sort(key=lambda r: order.get(r["scheme"], len(order)))
+    rows = in_scheme_order([r for r in previous["rows"] if r["scheme"] not in ours] + report["rows"])
     # Notes about the earlier rows (a cut-off run, bounds) stay; a report from a log has no seconds.
     return {**{k: v for k, v in previous.items() if k not in report}, **report, "rows": rows,
             "runs": previous.get("runs", [previous["command"]]) + [report["command"]],
@@ -244,8 +252,7 @@ def logged_rows(log: Path) -> list[dict]:
             rows.setdefault(row["scheme"], {}).update(row)
     if not rows:
         raise SystemExit(f"--rows-from: {log} holds no result rows")
-    order = {s: i for i, s in enumerate(SCHEMES)}
-    return sorted(rows.values(), key=lambda r: order.get(r["scheme"], len(order)))
+    return in_scheme_order(rows.values())
 
 
 def with_ratios(report: dict) -> None:
