@@ -221,8 +221,6 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
 
         manifest = load_manifest(config.from_bundle)  # verifies every sha256 before anything runs
         held = Scheme.from_dict(manifest.scheme)
-        if options.fuse_attention:
-            require_fusable(held)
         if held.bits != config.bits:
             raise QSchedError(f"{config.from_bundle} holds scheme {held.name} (--bits {held.bits}), not --bits {config.bits}",
                               f"pass --bits {held.bits}, or bundle --bits {config.bits} on the workstation")
