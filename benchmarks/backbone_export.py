@@ -5,6 +5,7 @@ graph's size against FP32, and ONNX Runtime CPU latency with the cosine to the P
 
     python benchmarks/backbone_export.py --backbone sdxl --schemes w8a8 w4a16 w4a8 --latency w8a8 --jobs 3 --merge --out benchmarks/results/backbone_export_sdxl.json
     python benchmarks/backbone_export.py --backbone flux --double 2 --single 4 --jobs 4 --out benchmarks/results/backbone_export_flux.json
+    python benchmarks/backbone_export.py --backbone flux --double 19 --single 38 --model-dtype fp16 --schemes fp16 --latency --size 256 --out benchmarks/results/backbone_export_flux12b.json
     python benchmarks/backbone_export.py --backbone sdxl --small --out /tmp/x.json     # 1/8 width: checks the script
 
 Each scheme exports in its own process (its peak RSS is its own); `--jobs N` runs N exports at once
@@ -15,7 +16,10 @@ this run to an existing report of the same backbone (a long benchmark split acro
 `--rows-from LOG` writes the report from the rows a run cut short printed. Activation ranges for
 static schemes come from one observed sampler step (random weights: this measures speed and size, not
 image quality). For FLUX the per-block parameter counts and export seconds are extrapolated to
-FLUX.1's 19 double + 38 single blocks.
+FLUX.1's 19 double + 38 single blocks; at that depth (the 12 B transformer) the model is made in
+FP16 (`--model-dtype fp16`, 24 GB on disk instead of 48) for the FP16 export, and `--size` can shrink
+the image: the graph's weights, and so its size and most of the export's time and memory, do not
+depend on it, while the two PyTorch reference runs on the CPU do.
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ FLUX1_BLOCKS = (19, 38)
 
 
 def build(args, folder: Path) -> Path:
+    import torch
+
     from qsched_export.testing import save_full_size_sdxl, save_full_width_flux
 
     if args.backbone == "sdxl":
         return save_full_size_sdxl(folder, small=args.small)
-    return save_full_width_flux(folder, double=args.double, single=args.single, small=args.small)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.model_dtype]
+    return save_full_width_flux(folder, double=args.double, single=args.single, small=args.small, dtype=dtype)
 
 
 def peak_rss_gib() -> float:
@@ -62,7 +69,12 @@ def export_one(args) -> dict:
     from runtimes.manifest import load_manifest
 
     started = time.perf_counter()
-    artifact = export_artifact(ExportConfig(out=args.work_dir / args.one, model=str(args.model_dir), scheme=args.one, coeffs=args.qsched_file, steps=1))
+
+    def note(stage: str) -> None:  # the log says how far a long export got, and when
+        print(f"[{time.perf_counter() - started:7.1f} s, peak RSS {peak_rss_gib():.1f} GiB] {stage}", file=sys.stderr, flush=True)
+
+    artifact = export_artifact(ExportConfig(out=args.work_dir / args.one, model=str(args.model_dir), scheme=args.one, coeffs=args.qsched_file,
+                                            steps=1, height=args.size, width=args.size), progress=note)
     export_s = time.perf_counter() - started
     q = load_manifest(artifact, verify=False).quantization
     return {"scheme": args.one, "export_seconds": round(export_s, 1), "graph_export_seconds": q["export_seconds"],
@@ -100,14 +112,15 @@ def time_one(args) -> dict:
 
 def child(args, scheme: str, mode: str) -> tuple[list[str], Path]:
     out = args.work_dir / f"{scheme}.{mode}.json"
-    return [sys.executable, __file__, "--one", scheme, "--mode", mode, "--model", str(args.model_dir), "--qsched",
-            str(args.qsched_file), "--work", str(args.work_dir), "--out", str(out), "--latency-runs", str(args.latency_runs)], out
+    return [sys.executable, __file__, "--one", scheme, "--mode", mode, "--model", str(args.model_dir), "--work", str(args.work_dir),
+            "--out", str(out), "--latency-runs", str(args.latency_runs), *(["--qsched", str(args.qsched_file)] if args.qsched_file else []),
+            *(["--size", str(args.size)] if args.size else [])], out
 
 
 def finish(returncode: int, stderr: str, out: Path) -> dict:
-    """A child's row, or its last error line."""
+    """A child's row, or its return code and last error line (-9 with no error: killed, e.g. out of memory)."""
     if returncode != 0:
-        return {"failed": (stderr.strip().splitlines() or ["?"])[-1][:300]}
+        return {"failed": (stderr.strip().splitlines() or ["?"])[-1][:300], "returncode": returncode}
     return json.loads(out.read_text())
 
 
@@ -177,6 +190,8 @@ def main() -> None:
     p.add_argument("--double", type=int, default=2, help="FLUX double-stream blocks")
     p.add_argument("--single", type=int, default=4, help="FLUX single-stream blocks")
     p.add_argument("--small", action="store_true", help="1/8 width: a quick check of the script")
+    p.add_argument("--model-dtype", choices=("fp32", "fp16"), default="fp32", help="FLUX: the transformer's dtype as made and saved")
+    p.add_argument("--size", type=int, help="image height and width in pixels (default: the model's, 1024)")
     p.add_argument("--budget", type=float, default=1e9, help="seconds; no scheme starts after this")
     p.add_argument("--jobs", type=int, default=1, help="exports run at once (each needs its own peak RAM)")
     p.add_argument("--merge", action="store_true", help="add these rows to the report already at --out")
@@ -218,10 +233,14 @@ def main() -> None:
         if args.rows_from:
             save(logged_rows(args.rows_from))
         else:
+            from qsched_export.quant import get_scheme
             from qsched_export.testing import write_observed_qsched
 
-            args.qsched_file = write_observed_qsched(model, work / "qsched.json", tuple(args.schemes), steps=1, seed=1,
-                                                     prompts=("two small red circles on a blue background",))
+            # Static schemes need activation ranges; the others export without a qsched.json (coefficients 1),
+            # which spares the 12 B run two loads of the model.
+            args.qsched_file = (write_observed_qsched(model, work / "qsched.json", tuple(args.schemes), steps=1, seed=1,
+                                                      prompts=("two small red circles on a blue background",))
+                                if any(get_scheme(s).static_activations for s in args.schemes) else None)
             args.model_dir, args.work_dir = model, work
             save(run_exports(args, started, save))
     rows = json.loads(args.out.read_text())["rows"]
@@ -231,14 +250,19 @@ def main() -> None:
 
 
 def model_header(args, model: Path) -> dict:
-    from qsched_export.pipeline import open_backbone
+    """Parameter counts, from the saved config on the meta device (loading a 12 B model to count it
+    would cost minutes and its RAM)."""
+    import torch
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
-    denoiser = open_backbone(str(model)).model
-    header = {"parameters": sum(p.numel() for p in denoiser.parameters())}
+    cls, sub = (UNet2DConditionModel, "unet") if args.backbone == "sdxl" else (FluxTransformer2DModel, "transformer")
+    with torch.device("meta"):
+        denoiser = cls.from_config(cls.load_config(model / sub))
+    header = {"parameters": sum(p.numel() for p in denoiser.parameters()), **({"size": args.size} if args.size else {})}
     if args.backbone == "flux":
         header.update(double_block_parameters=sum(p.numel() for p in denoiser.transformer_blocks[0].parameters()),
                       single_block_parameters=sum(p.numel() for p in denoiser.single_transformer_blocks[0].parameters()),
-                      double=args.double, single=args.single)
+                      double=args.double, single=args.single, model_dtype=args.model_dtype)
     return header
 
 

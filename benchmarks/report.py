@@ -171,6 +171,7 @@ SECTIONS = (
     ("export_unet.json", "Export size and ONNX Runtime CPU latency: SD1.5-sized UNet, 1 step, before the per-runtime Q/DQ placement (`python benchmarks/export_unet.py --profile`)"),
     ("export_unet_int8.json", "The same after the per-runtime Q/DQ placement, with int8 attention and w4a8s (`python benchmarks/export_unet.py --runs 3 --profile --schemes fp32,w8a8,w8a8+attn,w4a8s,w4a8`)"),
     ("export_unet_fused.json", "The same with float attention fused into ORT's MultiHeadAttention (`build --fuse-attention`; +mha speedups are against fp32+mha)"),
+    ("export_unet_host.json", "The same on the H200 machine's 16-core host CPU (Xeon, AMX-INT8 + AVX512-VNNI, ONNX Runtime 1.30): plain and fused attention (`python benchmarks/export_unet.py --runs 5 --profile --schemes fp32,w8a8,w8a8+mha,fp32+mha`)"),
     ("export_unet_unrolled.json", "FP32 export of the SD1.5-sized UNet unrolled over 4 steps (`python benchmarks/export_unet.py --schemes fp32 --runs 1 --unrolled 4`)"),
     ("export_sample.json", "Export size and ONNX Runtime CPU latency: embedded sample"),
     ("runtime_sample.json", "Embedded sample on ONNX Runtime CPU: latency and parity of built artifacts (`python benchmarks/runtime_latency.py out/shapes-sd-onnxruntime-{fp32,w8a8,w4a8} --repeats 20`, 2-core CPU)"),
@@ -187,17 +188,25 @@ SIZE_GOALS = {"w8a8": 0.27, "w4a8": 0.15, "w4a16": 0.23}
 
 def backbone_export_section(data: dict) -> str:
     """Full-size export of a new backbone (benchmarks/backbone_export.py): one row per scheme."""
-    what = {"sdxl": "SDXL UNet (SDXL-base architecture)", "flux": "FLUX.1 transformer at full width, reduced depth"}[data["backbone"]]
+    full_flux = data["backbone"] == "flux" and (data["double"], data["single"]) == (19, 38)
+    what = {"sdxl": "SDXL UNet (SDXL-base architecture)",
+            "flux": "FLUX.1 transformer at full size (19 + 38 blocks)" if full_flux else "FLUX.1 transformer at full width, reduced depth"}[data["backbone"]]
+    size = data.get("size", 1024)
     commands = data.get("runs", [data["command"]])
     out = [f"## Full-size export: {what}, random weights ({data['parameters'] / 1e9:.2f} B parameters)", "",
            " then ".join(f"`{c}`" for c in commands) + (f" on {data['cpu']} ({data['threads']} threads), torch {data['torch']}" if "cpu" in data else "")
            + "; "
-           "one step unrolled, batch 1, 1024x1024 px. Export time includes the PyTorch references (`jobs`: exports run at once, "
+           f"one step unrolled, batch 1, {size}x{size} px"
+           + (f", the model made and saved in {data['model_dtype'].upper()}" if data.get("model_dtype", "fp32") != "fp32" else "")
+           + ". Export time includes the PyTorch references (`jobs`: exports run at once, "
            "sharing the cores); latency is ONNX Runtime CPU (extended optimizations), best of the runs, timed alone.", ""]
     if "cut_short" in data:
         out += [f"**Cut short:** {data['cut_short']}", ""]
     if "peak_rss_note" in data:
         out += [f"Peak RSS marked ≤: {data['peak_rss_note']}", ""]
+    for key, label in (("size_note", "Image size"), ("machine_memory", "Memory and disk"), ("concurrent", "Sharing")):
+        if key in data:
+            out += [f"**{label}:** {data[key]}", ""]
     rows = []
     for r in data["rows"]:
         if "denoise_bytes" not in r:
@@ -213,7 +222,7 @@ def backbone_export_section(data: dict) -> str:
                      str(r.get("flux1_export_seconds_extrapolated", "")), str(r.get("flux1_denoise_gb_extrapolated", "")),
                      f"{r['flux1_size_vs_fp32_extrapolated']:.3f}x" if "flux1_size_vs_fp32_extrapolated" in r else ""])
     headers = ["scheme", "jobs", "export s", "denoise GB", "size vs FP32 (goal)", "ORT CPU s/step", "cosine vs FP32", "peak RSS GiB"]
-    if data["backbone"] == "flux":
+    if data["backbone"] == "flux" and not full_flux:
         out += [f"Extrapolated to FLUX.1's 19 + 38 blocks: {data['flux1_parameters_extrapolated'] / 1e9:.2f} B parameters "
                 f"({data['flux1_scale']}x this model).", ""]
         headers += ["FLUX.1 export s (extrapolated)", "FLUX.1 denoise GB (extrapolated)", "FLUX.1 size vs FP32 (extrapolated)"]
@@ -241,7 +250,7 @@ def main() -> None:
         parts += [quality_section(flux, "Quality on the FLUX-architecture sample (samples/shapes-flux, flow-match Euler)"), ""]
         if (DOCS / "quality_flux_grid.png").is_file():
             parts += ["![flux quality grid](quality_flux_grid.png)", ""]
-    for name in ("backbone_export_sdxl.json", "backbone_export_flux.json"):
+    for name in ("backbone_export_sdxl.json", "backbone_export_flux.json", "backbone_export_flux12b.json"):
         data = _load(name)
         if data:
             parts += [backbone_export_section(data), ""]

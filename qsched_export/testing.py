@@ -219,20 +219,27 @@ def save_full_size_sdxl(folder: Path, *, small: bool = False) -> Path:
     return folder
 
 
-def save_full_width_flux(folder: Path, *, double: int = 2, single: int = 4, small: bool = False) -> Path:
+def save_full_width_flux(folder: Path, *, double: int = 2, single: int = 4, small: bool = False, dtype: torch.dtype = torch.float32) -> Path:
     """A FluxPipeline whose transformer has FLUX.1's width and block structure (hidden 3072 = 24
     heads x 128, RoPE (16, 56, 56), T5 width 4096, pooled CLIP 768) at reduced depth (`double`
     + `single` blocks; FLUX.1 has 19 + 38), random weights, 1024x1024 px (64x64 packed = 4096 image
     tokens), FLUX.1-schnell's scheduler; one-layer text encoders of FLUX's widths and a narrow
-    16-channel VAE. `small`: the same structure at 1/8 width, to test it."""
+    16-channel VAE. `small`: the same structure at 1/8 width (RoPE axes (4, 6, 6): each must be even),
+    to test it. `dtype`: the transformer's,
+    made and saved in it (float16 holds FLUX.1's full 19 + 38 blocks in 24 GB instead of 48)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     w = 8 if small else 1
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
-                                         attention_head_dim=128 // w, num_attention_heads=24, joint_attention_dim=4096 // w,
-                                         pooled_projection_dim=768 // w, axes_dims_rope=(16 // w, 56 // w, 56 // w), guidance_embeds=False)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
+                                             attention_head_dim=128 // w, num_attention_heads=24, joint_attention_dim=4096 // w,
+                                             pooled_projection_dim=768 // w, axes_dims_rope=(4, 6, 6) if small else (16, 56, 56), guidance_embeds=False)
+    finally:
+        torch.set_default_dtype(default)
     torch.manual_seed(0)
     clip = CLIPTextModel(_clip_text_config(hidden_size=768 // w, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
                                            max_position_embeddings=77))

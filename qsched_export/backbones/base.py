@@ -96,6 +96,20 @@ class HalfPrecision(nn.Module):
         return (self.model(**half)[0].float(),)
 
 
+def half_copy(model: nn.Module) -> nn.Module:
+    """`copy.deepcopy(model).half()` without the float32 copy in between: each floating parameter
+    and buffer is copied straight to float16 (deepcopy takes them from its memo). For a 12 B model
+    that is 24 GB instead of a 48 GB copy on top of the original."""
+    memo = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            memo[id(p)] = nn.Parameter(p.detach().half(), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        if b.is_floating_point():
+            memo[id(b)] = b.detach().half()
+    return copy.deepcopy(model, memo)
+
+
 def _to_dtype(value, dtype):
     if isinstance(value, torch.Tensor):
         return value.to(dtype) if value.is_floating_point() else value
@@ -261,7 +275,10 @@ class Backbone(abc.ABC):
 
         scheme = get_scheme(scheme)
         if model is None:
-            model = copy.deepcopy(self.model) if scheme.quantized or scheme.float_dtype == "float16" else self.model
+            if scheme.float_dtype == "float16" and not scheme.quantized:
+                model = half_copy(self.model)
+            else:
+                model = copy.deepcopy(self.model) if scheme.quantized or scheme.float_dtype == "float16" else self.model
         if scheme.float_dtype == "float16":
             model = HalfPrecision(model)
         return model, quantize_model(model, scheme, skip=self.SKIP_PATTERNS)

@@ -228,3 +228,20 @@ def test_int8_attention_is_simulated_and_its_ranges_round_trip(unet, batches):
     set_activation_ranges(plain, ranges)
     with pytest.raises(QSchedError, match="has no calibrated q_amax"):
         set_activation_ranges(fresh, {**ranges, next(iter(attentions)): {"k_amax": 1.0, "v_amax": 1.0}})
+
+
+def test_half_copy_is_deepcopy_then_half_and_leaves_the_original(unet):
+    from qsched_export.backbones.base import half_copy
+
+    unet.register_buffer("_probe", torch.arange(3, dtype=torch.float32), persistent=False)  # a floating buffer too
+    try:
+        copied, expected = half_copy(unet), copy.deepcopy(unet).half()
+    finally:
+        del unet._buffers["_probe"]
+    got, want = dict(copied.named_parameters()), dict(expected.named_parameters())
+    assert got.keys() == want.keys()
+    for name, p in want.items():
+        assert got[name].dtype == torch.float16 and torch.equal(got[name], p), name
+    assert copied._probe.dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in unet.parameters())
+    assert not any(a.data_ptr() == b.data_ptr() for a, b in zip(copied.parameters(), unet.parameters()))
