@@ -148,3 +148,25 @@ def test_fp16_graph_is_half_precision(artifact):
     assert types == {onnx.TensorProto.FLOAT16}
     spec = load_manifest(folder).graph("denoise")
     assert all(t.dtype == "float32" for t in spec.inputs.values())  # the I/O contract stays float32
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "fp16"])
+def test_export_converts_the_loaded_model_in_place(calibrated, tmp_path, monkeypatch, scheme):
+    """After the FP32 reference the export quantizes (or halves) the loaded model itself, not a copy:
+    a copy of FLUX.1's 12 B transformer would be 47 GiB more."""
+    from export_cases import FAMILIES
+
+    from qsched_export.backbones.base import Backbone
+    from qsched_export.export import ExportConfig, export_artifact
+
+    passed = []
+    original = Backbone.scheme_model
+
+    def spy(self, scheme, model=None):
+        passed.append(model is self.model)
+        return original(self, scheme, model)
+
+    monkeypatch.setattr(Backbone, "scheme_model", spy)
+    model, qsched = calibrated(QUANT_FAMILY)
+    export_artifact(ExportConfig(out=tmp_path / "a", model=str(model), scheme=scheme, coeffs=qsched, steps=STEPS, gamma=FAMILIES[QUANT_FAMILY][2]))
+    assert passed == [True]
