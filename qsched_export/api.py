@@ -40,6 +40,11 @@ def _check_bits(bits: int) -> None:
         raise QSchedError(f"--bits must be 4, 8, 16 or 32, got {bits}", "pass --bits 8 (INT8), 4 (INT4), 16 (FP16) or 32 (FP32)")
 
 
+def _check_steps(steps: int | None) -> None:
+    if steps is not None and steps < 1:
+        raise QSchedError(f"steps must be >= 1, got {steps}", "pass --steps 4")
+
+
 def _check_text_weights(text_weights: str | None, from_artifact: Path | None) -> None:
     # The value itself is checked where the scheme is made (runtimes.schemes.Scheme). None, not
     # "float", is the default, so that an explicit --text-weights float with --from is refused too.
@@ -96,8 +101,7 @@ class BuildConfig:
 
     def validate(self) -> "BuildConfig":
         _check_bits(self.bits)
-        if self.steps is not None and self.steps < 1:
-            raise QSchedError(f"steps must be >= 1, got {self.steps}", "pass --steps 4")
+        _check_steps(self.steps)
         if self.seed < 0:
             raise QSchedError(f"seed must be >= 0, got {self.seed}", "pass --seed 0 or another non-negative integer")
         if self.prompt is not None and not self.prompt.strip():
@@ -141,6 +145,7 @@ class BundleConfig:
 
     def validate(self) -> "BundleConfig":
         _check_bits(self.bits)
+        _check_steps(self.steps)
         if self.from_artifact is not None and (self.model is not None or self.loras or self.coeffs is not None):
             raise QSchedError("--from bundles an exported artifact as it is", "drop --model, --lora and --coeffs with --from")
         _check_text_weights(self.text_weights, self.from_artifact)
@@ -224,13 +229,13 @@ def build(config: BuildConfig, progress: Progress = _quiet) -> BuildResult:
         if held.bits != config.bits:
             raise QSchedError(f"{config.from_bundle} holds scheme {held.name} (--bits {held.bits}), not --bits {config.bits}",
                               f"pass --bits {held.bits}, or bundle --bits {config.bits} on the workstation")
-        out = check_output_folder(config.out or outputs.build_dir(str(manifest.model.get("id")), config.target, held.name), config.overwrite)
+        out = check_output_folder(config.out or outputs.build_dir(str(manifest.model.get("id")), config.target, held.folder_tag), config.overwrite)
         progress(f"building {config.target} from {config.from_bundle}: scheme {held.name}, {manifest.steps} steps")
         return _build_and_check(build_target, config.from_bundle, replace(options, out_dir=out, overwrite=config.overwrite), config, held.name,
                                 None, progress)
     scheme = scheme_for(config.target, config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention,
                         text_weights=config.text_weights)
-    out = check_output_folder(config.out or outputs.build_dir(config.model, config.target, scheme.name), config.overwrite)
+    out = check_output_folder(config.out or outputs.build_dir(config.model, config.target, scheme.folder_tag), config.overwrite)
     if config.target == "tensorrt":
         from runtimes.runners import import_tensorrt
 
@@ -292,7 +297,7 @@ def bundle(config: BundleConfig, progress: Progress = _quiet) -> Path:
         return make_bundle(config.from_artifact, out, **kwargs)
     scheme = scheme_for("tensorrt", config.bits, weight_range=config.weight_range, int8_attention=config.int8_attention,
                         text_weights=config.text_weights)
-    out = check_output_folder(config.out or outputs.bundle_dir(config.model, scheme.name), config.overwrite)
+    out = check_output_folder(config.out or outputs.bundle_dir(config.model, scheme.folder_tag), config.overwrite)
     progress(f"bundling tensorrt with scheme {scheme.name} ({scheme.describe()})")
     coefficients = find_coefficients(config.model, config.coeffs, scheme.name, config.steps, config.loras, progress)
     with _exported(out, config.model, scheme, coefficients, config.opset, config.loras, progress) as artifact:

@@ -8,7 +8,8 @@ embedded samples by their folder name, a local folder by its name, a hub id by i
     build --target T         -> out/<model>-<T>-<scheme>
     bundle                   -> out/<model>-tensorrt-<scheme>-bundle
 
-Coefficients are looked up in the same places the defaults write them: `--coeffs`, else the
+`<scheme>` is the scheme's name plus the options that change its graphs (`Scheme.folder_tag`:
+w8a8, w8a8-int8attn, w8a8-int8text). Coefficients are looked up in the same places the defaults write them: `--coeffs`, else the
 model folder's own `qsched.json`, else `out/<model>.qsched.json`.
 """
 

@@ -329,6 +329,13 @@ class Scheme:
                 raise ArtifactError(f"{where}: its {key} {data[key]!r} is not what its layers give ({getattr(scheme, key)!r})", _REEXPORT)
         return scheme
 
+    @property
+    def folder_tag(self) -> str:
+        """The name plus the options that change its graphs, for default output folders
+        (`qsched_export.outputs`), so that e.g. a build with int8 text weights does not take the
+        float build's folder: "w8a8", "w8a8-int8attn", "w4a16-int8text"."""
+        return self.name + ("-int8attn" if self.int8_attention else "") + (f"-{self.text_weights}text" if self.text_weights != "float" else "")
+
     def describe(self) -> str:
         """One line for the CLI, e.g. "Linear int8 weights, static int8 activations; Conv ...; int8 attention"."""
         def layer(kind: str, spec: LayerQuant | None) -> str:

@@ -56,7 +56,7 @@ def export(
             err_console.print("[yellow]warning:[/] no qsched.json found: exporting with all-ones Q-Sched coefficients (the plain sampler)", highlight=False)
         elif coeffs is None:
             console.print(f"[dim]no --coeffs given: using {found}[/]", highlight=False)
-        config = ExportConfig(out=out or outputs.export_dir(model, chosen.name, steps), model=model, scheme=chosen, coeffs=found, steps=steps,
+        config = ExportConfig(out=out or outputs.export_dir(model, chosen.folder_tag, steps), model=model, scheme=chosen, coeffs=found, steps=steps,
                               height=height, width=width, batch=batch, guidance_scale=guidance, gamma=gamma, opset=opset, fuse=fuse,
                               overwrite=overwrite, prompt=prompt or DEFAULT_PROMPT, loras=loras, negative_prompt=negative_prompt,
                               text_length=max_sequence_length)

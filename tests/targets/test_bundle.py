@@ -141,3 +141,9 @@ def test_build_from_with_no_check_writes_no_parity(hand_artifact, tmp_path):
     result = runner.invoke(app, ["build", "--from", str(hand_artifact), "--target", "onnxruntime", "--bits", "8", "--out", str(tmp_path / "o"), "--no-check"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "sample.png").is_file() and not (tmp_path / "o" / "parity.json").exists() and "PASSED" not in result.output
+
+
+def test_bundle_steps_below_one_is_a_one_line_error(tmp_path):
+    result = runner.invoke(app, ["bundle", "--steps", "0", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "steps must be >= 1, got 0" in result.output
+    assert not (tmp_path / "b").exists()

@@ -90,3 +90,14 @@ def test_bad_flags_are_one_line_errors(argv, message, tiny_with_qsched, tmp_path
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in result.output.replace("\n", " ") and "Traceback" not in result.output
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_default_folders_name_the_options_that_change_the_graphs():
+    from qsched_export import outputs
+    from runtimes.schemes import scheme_for
+
+    assert scheme_for("onnxruntime", 8).folder_tag == "w8a8"
+    assert scheme_for("onnxruntime", 8, int8_attention=True, text_weights="int8").folder_tag == "w8a8-int8attn-int8text"
+    assert scheme_for("tensorrt", 4, text_weights="int8").folder_tag == "w4a16-int8text"
+    plain, int8_text = (outputs.build_dir(None, "onnxruntime", scheme_for("onnxruntime", 8, text_weights=t).folder_tag) for t in (None, "int8"))
+    assert plain.name == "shapes-sd-onnxruntime-w8a8" and int8_text.name == "shapes-sd-onnxruntime-w8a8-int8text"
