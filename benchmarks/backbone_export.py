@@ -170,8 +170,9 @@ def run_exports(args, started: float, save) -> list[dict]:
 
 def merged(previous: dict, report: dict) -> dict:
     """The rows of an earlier run of the same benchmark, with this run's rows replacing theirs."""
-    keys = ("backbone", "small", "parameters")
-    if any(previous.get(k) != report[k] for k in keys):
+    keys = ("backbone", "small", "parameters", "size", "model_dtype")
+    defaults = {"model_dtype": "fp32"}  # reports before --model-dtype; --size absent = the model's own
+    if any(previous.get(k, defaults.get(k)) != report.get(k, defaults.get(k)) for k in keys):
         raise SystemExit(f"--merge: {previous.get('backbone')} report differs in {keys}; write to another --out")
     ours = {r["scheme"] for r in report["rows"]}
     rows = in_scheme_order([r for r in previous["rows"] if r["scheme"] not in ours] + report["rows"])

@@ -331,9 +331,11 @@ class Scheme:
 
     @property
     def folder_tag(self) -> str:
-        """The name plus the options that change its graphs, for default output folders
-        (`qsched_export.outputs`), so that e.g. a build with int8 text weights does not take the
-        float build's folder: "w8a8", "w8a8-int8attn", "w4a16-int8text"."""
+        """The name plus the graph-changing options a user opts into (int8 attention, int8 text
+        weights), for default output folders (`qsched_export.outputs`), so that e.g. a build with
+        int8 text weights does not take the float build's folder: "w8a8", "w8a8-int8attn",
+        "w4a16-int8text". The weight range is left out: by default it follows the build machine's
+        CPU, and a folder named after it would move with the machine."""
         return self.name + ("-int8attn" if self.int8_attention else "") + (f"-{self.text_weights}text" if self.text_weights != "float" else "")
 
     def describe(self) -> str:

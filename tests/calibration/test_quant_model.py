@@ -245,3 +245,11 @@ def test_half_copy_is_deepcopy_then_half_and_leaves_the_original(unet):
     assert copied._probe.dtype == torch.float16
     assert all(p.dtype == torch.float32 for p in unet.parameters())
     assert not any(a.data_ptr() == b.data_ptr() for a, b in zip(copied.parameters(), unet.parameters()))
+
+
+def test_half_copy_does_not_share_tensors_that_already_are_half():
+    from qsched_export.backbones.base import half_copy
+
+    module = torch.nn.Linear(4, 4).half()
+    copied = half_copy(module)
+    assert copied.weight.data_ptr() != module.weight.data_ptr() and torch.equal(copied.weight, module.weight)
