@@ -9,8 +9,8 @@ embedded samples by their folder name, a local folder by its name, a hub id by i
     bundle                   -> out/<model>-tensorrt-<scheme>-bundle
 
 `<scheme>` is the scheme's name plus the options that change its graphs (`Scheme.folder_tag`:
-w8a8, w8a8-int8attn, w8a8-int8text). Coefficients are looked up in the same places the defaults write them: `--coeffs`, else the
-model folder's own `qsched.json`, else `out/<model>.qsched.json`.
+w8a8, w8a8-int8attn, w8a8-int8text). Coefficients are looked up in the same places the defaults
+write them: `--coeffs`, else the model folder's own `qsched.json`, else `out/<model>.qsched.json`.
 """
 
 from __future__ import annotations

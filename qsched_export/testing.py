@@ -224,9 +224,9 @@ def save_full_width_flux(folder: Path, *, double: int = 2, single: int = 4, smal
     heads x 128, RoPE (16, 56, 56), T5 width 4096, pooled CLIP 768) at reduced depth (`double`
     + `single` blocks; FLUX.1 has 19 + 38), random weights, 1024x1024 px (64x64 packed = 4096 image
     tokens), FLUX.1-schnell's scheduler; one-layer text encoders of FLUX's widths and a narrow
-    16-channel VAE. `small`: the same structure at 1/8 width (RoPE axes (4, 6, 6): each must be even),
-    to test it. `dtype`: the transformer's,
-    made and saved in it (float16 holds FLUX.1's full 19 + 38 blocks in 24 GB instead of 48)."""
+    16-channel VAE. `small`: the same structure at 1/8 width (RoPE axes (4, 6, 6): each must be
+    even), to test it. `dtype`: the transformer's, made and saved in it (float16 holds FLUX.1's
+    full 19 + 38 blocks in 24 GB instead of 48)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 

@@ -275,10 +275,12 @@ class Backbone(abc.ABC):
 
         scheme = get_scheme(scheme)
         if model is None:
-            if scheme.float_dtype == "float16" and not scheme.quantized:
+            if scheme.quantized:
+                model = copy.deepcopy(self.model)
+            elif scheme.float_dtype == "float16":
                 model = half_copy(self.model)
             else:
-                model = copy.deepcopy(self.model) if scheme.quantized or scheme.float_dtype == "float16" else self.model
+                model = self.model
         if scheme.float_dtype == "float16":
             model = HalfPrecision(model)
         return model, quantize_model(model, scheme, skip=self.SKIP_PATTERNS)
