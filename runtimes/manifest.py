@@ -224,16 +224,6 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"manifest is malformed ({type(exc).__name__}: {exc})", "re-export the artifact") from None
 
-    @classmethod
-    def from_json(cls, text: str) -> "Manifest":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", "re-export the artifact") from None
-        if not isinstance(data, dict):
-            raise ArtifactError("manifest must hold a JSON object", "re-export the artifact")
-        return cls.from_dict(data)
-
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()

@@ -44,7 +44,6 @@ def build(
     """Export (or take --from) an artifact and build it for a target, then check parity and write sample.png."""
     from qsched_export.api import BuildConfig, build as run_build
     from qsched_export.errors import QSchedError
-    from runtimes.files import outcomes
     from runtimes.parity import ParityError
 
     with user_errors():
@@ -59,8 +58,8 @@ def build(
             result = run_build(config, progress_printer())
         except ParityError as exc:
             print_report(exc.report)  # the table, then one line: what failed and what was kept
-            kept = "; ".join(outcomes(exc)) or "nothing was written"
-            raise QSchedError(f"parity failed (the FAIL rows above); {kept}", "re-export, or recalibrate the activation ranges; "
+            # A failed build is discarded with its staging folder (interrupts alone record outcomes).
+            raise QSchedError("parity failed (the FAIL rows above); nothing was written", "re-export, or recalibrate the activation ranges; "
                               "--no-check builds without the gate") from None
     if result.parity is not None:
         print_report(result.parity)

@@ -122,12 +122,11 @@ def export_module(module: torch.nn.Module, args: tuple, path: Path, input_names,
 def _export_dynamo(module, args, path: Path, input_names, output_names, opset: int) -> None:
     """torch.onnx.export(dynamo=True): the export layers call torch.library custom ops, which
     onnxscript writes as the same Q/DQ (MatMulNBits) nodes (qdq.dynamo_translations)."""
-    import contextlib as _contextlib
     import io
 
     from qsched_export.export import qdq
 
-    with qdq.use_dynamo_ops(), _contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+    with qdq.use_dynamo_ops(), contextlib.redirect_stdout(io.StringIO()):  # its progress lines
         program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=list(input_names),
                                     output_names=list(output_names), custom_translation_table=qdq.dynamo_translations(opset),
                                     optimize=False, external_data=True)

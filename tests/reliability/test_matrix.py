@@ -45,7 +45,6 @@ class Case:
     forbid: str | None = "work"  # "work": an error case must fail before BEFORE_WORK[command]; None: it may need that work
 
 
-LEAD = "lead: "
 # The work each command must refuse bad input before ("before any work starts"): loading the
 # model, building the target, loading the artifact's graphs. The server ends a command that
 # reaches it with exit 97. A case whose input can only be judged with that work done (steps
