@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsched_export.errors import QSchedError
-from qsched_export.quant import QuantAttention, QuantConv2d, QuantLayer, QuantLinear, numerics
+from qsched_export.quant import QuantConv2d, QuantLayer, QuantLinear, numerics, quant_attentions
 from runtimes.schemes import FORM_FP16, FORM_FP32, FORM_NBITS, FORM_QDQ  # noqa: F401 (re-exported for export/api.py)
 
 MATMULNBITS_ACCURACY_LEVEL = 4  # int8 compute: activations quantized per block at run time
@@ -142,7 +142,7 @@ class _MatMulNBits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, packed, scales, in_features, out_features, block_size):
-        q = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(out_features, -1)[:, :in_features].to(torch.float32) - 8
+        q = unpack_nibbles(packed, (out_features, packed.shape[1] * block_size))[:, :in_features]
         scale = scales.reshape(out_features, -1).repeat_interleave(block_size, dim=1)[:, :in_features]
         return F.linear(numerics.dynamic_block_fake_quant(x, block_size), q * scale)
 
@@ -160,9 +160,7 @@ def pack_matmulnbits(qweight: torch.Tensor, block_size: int) -> torch.Tensor:
     """int4 values (N, K) in [-8, 7] -> MatMulNBits' B (N, ceil(K/block), block/2) uint8: unsigned
     with the default zero point 8, two per byte, the first in the low nibble; K padded with 0 (stored 8)."""
     n, k = qweight.shape
-    pad = -k % block_size
-    u = (F.pad(qweight.to(torch.int16), (0, pad)) + 8).to(torch.uint8).reshape(n, -1, block_size)
-    return u[..., 0::2] | (u[..., 1::2] << 4)
+    return pack_nibbles(F.pad(qweight, (0, -k % block_size))).reshape(n, -1, block_size // 2)
 
 
 # -- the dynamo exporter's path ---------------------------------------------------------------
@@ -392,12 +390,10 @@ class ExportConv2d(_ExportLayer):
 def swap_for_export(model: nn.Module, form: str) -> int:
     """Replace every `QuantLayer` of `model` in place by its export stand-in, and make every int8
     attention processor emit QuantizeLinear/DequantizeLinear nodes; returns how many layers."""
-    for m in model.modules():
-        processor = getattr(m, "processor", None)
-        if isinstance(processor, QuantAttention):
-            if processor.mode != "quant":
-                raise QSchedError(f"attention {processor.name} is in {processor.mode!r} mode", "export a model in quant mode (set_mode(model, 'quant'))")
-            processor.qdq = _qdq
+    for processor in quant_attentions(model).values():
+        if processor.mode != "quant":
+            raise QSchedError(f"attention {processor.name} is in {processor.mode!r} mode", "export a model in quant mode (set_mode(model, 'quant'))")
+        processor.qdq = _qdq
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
     for name, layer in layers:
         if layer.mode != "quant":

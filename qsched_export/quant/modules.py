@@ -57,6 +57,15 @@ DEFAULT_SKIP_PATTERNS: tuple[str, ...] = (
 MODES = ("float", "observe", "quant")
 
 
+def _observed_amax(t: torch.Tensor, percentile: float | None) -> float:
+    """max |t|, or with `percentile` that percentile of this call's |values|; calls combine by max
+    (see observe_ranges)."""
+    a = t.detach().abs().flatten().to(torch.float32)
+    if percentile is None:
+        return float(a.max())
+    return float(a.kthvalue(max(1, math.ceil(percentile / 100 * a.numel()))).values)
+
+
 class QuantLayer(nn.Module):
     """Base of `QuantLinear` and `QuantConv2d`. `mode`: "float" (the original layer), "observe"
     (float, recording input/output amax) or "quant" (fake-quant, the exported numerics)."""
@@ -133,12 +142,7 @@ class QuantLayer(nn.Module):
         return float(value)
 
     def _observe(self, t: torch.Tensor) -> float:
-        a = t.detach().abs().flatten().to(torch.float32)
-        if self.percentile is None:
-            return float(a.max())
-        # The percentile of this call's |values|; calls combine by max (see observe_ranges).
-        k = max(1, math.ceil(self.percentile / 100 * a.numel()))
-        return float(a.kthvalue(k).values)
+        return _observed_amax(t, self.percentile)
 
     # -- forward -------------------------------------------------------------------------------
     def _product(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -237,8 +241,7 @@ class QuantAttention:
         self.scales["p"] = torch.tensor(ATTENTION_PROBS_SCALE, dtype=torch.float32)
 
     def _record(self, key: str, t: torch.Tensor) -> None:
-        a = t.detach().abs().flatten().to(torch.float32)
-        amax = float(a.max()) if self.percentile is None else float(a.kthvalue(max(1, math.ceil(self.percentile / 100 * a.numel()))).values)
+        amax = _observed_amax(t, self.percentile)
         self.amax[key] = amax if self.amax[key] is None else max(self.amax[key], amax)
 
     def _attention(self, q, k, v, mask):
@@ -387,7 +390,7 @@ def _quantize_attention(model: nn.Module, report: QuantReport, skip: tuple[str, 
     """Give every diffusers attention module with a default processor a `QuantAttention`; list the others as skipped."""
     for name, module in model.named_modules():
         processor = getattr(module, "processor", None)
-        if processor is None or not hasattr(module, "set_processor") or not hasattr(module, "to_q"):
+        if processor is None or not _is_attention(module):
             continue
         hit = skip_pattern(name, skip)
         kind = type(processor).__name__
@@ -463,9 +466,8 @@ def set_activation_ranges(model: nn.Module, ranges: dict[str, dict[str, float]])
     layers.update(quant_attentions(model))
     # Ranges of layers this scheme keeps float or quantizes without static scales (e.g. a file
     # that also holds attention ranges) are not an error: they are float-model observations.
-    static_names = {n for n, l in quant_layers(model).items() if not l.needs_ranges()}
     missing = sorted(set(layers) - set(ranges))
-    extra = sorted(set(ranges) - set(layers) - static_names - _attention_names(model))
+    extra = sorted(set(ranges) - set(quant_layers(model)) - _attention_names(model))
     if missing or extra:
         detail = (f"no range for {', '.join(missing[:3])}" if missing else "") + ("; " if missing and extra else "") + \
                  (f"ranges for unknown layers {', '.join(extra[:3])}" if extra else "")
@@ -478,4 +480,9 @@ def set_activation_ranges(model: nn.Module, ranges: dict[str, dict[str, float]])
 
 
 def _attention_names(model: nn.Module) -> set[str]:
-    return {name for name, m in model.named_modules() if hasattr(m, "set_processor") and hasattr(m, "to_q")}
+    return {name for name, m in model.named_modules() if _is_attention(m)}
+
+
+def _is_attention(module: nn.Module) -> bool:
+    """A diffusers attention module (one that takes an attention processor)."""
+    return hasattr(module, "set_processor") and hasattr(module, "to_q")
