@@ -12,7 +12,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from export_cases import FAMILIES, QUANT_FAMILY, STEPS
+from helpers import write_calibration
 
+from qsched_export.export.onnx_io import op_counts
 from runtimes.manifest import load_manifest
 from runtimes.parity import compare_outputs
 
@@ -23,14 +25,11 @@ def ranged(tiny_model_factory, tmp_path_factory) -> tuple[Path, Path]:
     with int8 attention (so they include the q/k/v ranges; the other schemes ignore those)."""
     from qsched_export.qsched_file import read_qsched, write_qsched
     from qsched_export.quant import scheme_for
-    from qsched_export.sampler import QSchedCoefficients
-    from qsched_export.testing import write_observed_qsched
 
     backbone, components, gamma, guidance = FAMILIES[QUANT_FAMILY]
     model = tiny_model_factory(backbone, **components)
-    path = write_observed_qsched(model, tmp_path_factory.mktemp("q-int8") / "qsched.json", (scheme_for("onnxruntime", 8, int8_attention=True),),
-                                 steps=STEPS, guidance=guidance, gamma=gamma, seed=1, prompts=("a red circle", "two blue squares"),
-                                 coefficients=QSchedCoefficients.ramp((0.95, 1.0), (1.05, 1.0), STEPS))
+    path = write_calibration(model, tmp_path_factory.mktemp("q-int8") / "qsched.json", steps=STEPS, guidance=guidance, gamma=gamma,
+                             schemes=(scheme_for("onnxruntime", 8, int8_attention=True),))
     qfile = read_qsched(path)
     write_qsched(path, replace(qfile, schemes={name: qfile.schemes["w8a8"] for name in ("w8a8", "w4a8s")}))
     return model, path
@@ -53,15 +52,13 @@ def _run(folder: Path, tmp_path: Path) -> tuple[dict[str, np.ndarray], dict[str,
     session = ort.InferenceSession(str(folder / "denoise.onnx"), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, {i.name: golden[i.name] for i in session.get_inputs()})))
-    ops: dict[str, int] = {}
-    for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    return outputs, ops
+    return outputs, op_counts(onnx.load(str(tmp_path / "optimized.onnx")))
 
 
-def _gate(folder: Path, outputs: dict[str, np.ndarray], form: str):
-    golden = dict(np.load(folder / "golden.npz"))
-    return [c for c in compare_outputs({"first_latents": outputs["first_latents"]}, golden, form)]
+def _assert_gate(folder: Path, outputs: dict[str, np.ndarray]) -> None:
+    """The step-1 latent within `check`'s quantized (qdq) parity gate of both references."""
+    comparisons = compare_outputs({"first_latents": outputs["first_latents"]}, dict(np.load(folder / "golden.npz")), "qdq")
+    assert comparisons and all(c.passed for c in comparisons), [c.failures for c in comparisons]
 
 
 def test_int8_attention_exports_and_fuses(ranged, tmp_path):
@@ -81,8 +78,7 @@ def test_int8_attention_exports_and_fuses(ranged, tmp_path):
     time_emb = [name for name in linears if name.endswith("time_emb_proj")]
     assert not {"FusedMatMul", "Gemm"} & set(ops) and ops.get("MatMul", 0) == len(time_emb) * STEPS, ops
     assert ops.get("MatMulIntegerToFloat", 0) + ops.get("QLinearMatMul", 0) == (8 * 2 + len(linears) - len(time_emb)) * STEPS, ops
-    comparisons = _gate(folder, outputs, "qdq")
-    assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
+    _assert_gate(folder, outputs)
 
 
 def test_w4a8s_exports_int4_and_runs_int8(ranged, tmp_path):
@@ -95,8 +91,7 @@ def test_w4a8s_exports_int4_and_runs_int8(ranged, tmp_path):
     assert len(packed) == len(load_manifest(folder).quantization["quantized"]) > 0 and model.opset_import[0].version == 20
     outputs, ops = _run(folder, tmp_path)
     assert ops.get("QLinearConv") and ops.get("MatMulIntegerToFloat") and not {"Round", "Clip", "BitShift"} & set(ops), ops
-    comparisons = _gate(folder, outputs, "qdq")
-    assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
+    _assert_gate(folder, outputs)
 
 
 def test_tensorrt_placement_passes_the_contract(ranged, tmp_path):
@@ -109,8 +104,7 @@ def test_tensorrt_placement_passes_the_contract(ranged, tmp_path):
     folder = _export(ranged, scheme, tmp_path)
     assert check_model(folder / "denoise.onnx") == []
     outputs, _ = _run(folder, tmp_path)
-    comparisons = _gate(folder, outputs, "qdq")
-    assert all(c.passed for c in comparisons), [c.failures for c in comparisons]
+    _assert_gate(folder, outputs)
 
 
 def test_runners_open_w4a8s_through_the_layer_by_layer_fold(ranged, tmp_path):

@@ -56,7 +56,8 @@ def _save_manifest(art: Path, data: dict) -> None:
     (art / "manifest.json").write_text(json.dumps(data, indent=2))
 
 
-def _edit(art: Path, change) -> None:
+def edit_manifest(art: Path, change) -> None:
+    """Apply `change` to the manifest's data and save it (no re-hash: damage as a hand edit leaves it)."""
     data = _manifest(art)
     change(data)
     _save_manifest(art, data)
@@ -67,7 +68,7 @@ def _rehash(art: Path, *rels: str) -> None:
     def change(data):
         for rel in rels:
             data["files"][rel] = sha256(art / rel)
-    _edit(art, change)
+    edit_manifest(art, change)
 
 
 def _outside_copy(work: Path, art: Path) -> Path:
@@ -102,14 +103,14 @@ def _external_data(art: Path) -> None:
 
 # name -> (work, artifact copy) -> None. The copy is `work/bad`, made from the good artifact.
 DAMAGE = {
-    "graph ../": lambda work, art: (_outside_copy(work, art), _edit(art, lambda d: d["graphs"]["denoise"].update(file="../outside.onnx"))),
-    "graph absolute": lambda work, art: _edit(art, lambda d: d["graphs"]["denoise"].update(file=str(_outside_copy(work, art)))),
-    "files outside": lambda work, art: _edit(art, lambda d: d["files"].update({"../user.txt": sha256(work / "user.txt")})),
+    "graph ../": lambda work, art: (_outside_copy(work, art), edit_manifest(art, lambda d: d["graphs"]["denoise"].update(file="../outside.onnx"))),
+    "graph absolute": lambda work, art: edit_manifest(art, lambda d: d["graphs"]["denoise"].update(file=str(_outside_copy(work, art)))),
+    "files outside": lambda work, art: edit_manifest(art, lambda d: d["files"].update({"../user.txt": sha256(work / "user.txt")})),
     "graph symlink out": lambda work, art: (_outside_copy(work, art), (art / "denoise.onnx").unlink(),
                                             (art / "denoise.onnx").symlink_to("../outside.onnx")),
     "binary manifest": lambda work, art: (art / "manifest.json").write_bytes(bytes(range(256)) * 8),
-    "files null": lambda work, art: _edit(art, lambda d: d.update(files=None)),
-    "files empty": lambda work, art: _edit(art, lambda d: d.update(files={})),
+    "files null": lambda work, art: edit_manifest(art, lambda d: d.update(files=None)),
+    "files empty": lambda work, art: edit_manifest(art, lambda d: d.update(files={})),
     "tokenizer corrupt": lambda work, art: ((art / "tokenizer" / "tokenizer.json").write_bytes(b"\x00\xffnot a tokenizer" * 64),
                                             _rehash(art, "tokenizer/tokenizer.json")),
     "golden corrupt": lambda work, art: ((art / "golden.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4), _rehash(art, "golden.npz")),
@@ -117,7 +118,7 @@ DAMAGE = {
     "golden negated": lambda work, art: _rewrite_golden(art, change=_references_negated),
     "parity.json a folder": lambda work, art: ((art / "parity.json").unlink(), (art / "parity.json").mkdir()),
     "external data unlisted": lambda work, art: _external_data(art),
-    "latent shape wrong": lambda work, art: _edit(art, lambda d: d["graphs"]["denoise"]["inputs"]["latents"].update(shape=[1, 4, 3, 3])),
+    "latent shape wrong": lambda work, art: edit_manifest(art, lambda d: d["graphs"]["denoise"]["inputs"]["latents"].update(shape=[1, 4, 3, 3])),
     "tampered": lambda work, art: (art / "golden.npz").write_bytes((art / "golden.npz").read_bytes() + b"x"),
 }
 

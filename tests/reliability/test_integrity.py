@@ -3,13 +3,13 @@ listed with its sha256 (runtimes/manifest.py, runtimes/onnx_external.py)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from damage import edit_manifest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import convert_model_to_external_data
 from onnx_models import make_model
@@ -23,12 +23,6 @@ def artifact(tmp_path) -> Path:
     from hand_artifact import make_artifact  # tests/runtimes, a small artifact in the exporter's contract
 
     return make_artifact(tmp_path / "art", quantized=False)
-
-
-def _edit(art: Path, change) -> None:
-    data = json.loads((art / "manifest.json").read_text())
-    change(data)
-    (art / "manifest.json").write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("rel", ["../x.onnx", "/etc/passwd", "a/../../x", "", ".", "a\\..\\x"])
@@ -59,16 +53,16 @@ def test_artifact_path_follows_links_only_inside(tmp_path):
     (lambda d: d["files"].update({"golden.npz": "not-a-hash"}), "got an entry without a sha256"),
 ])
 def test_bad_paths_and_listings_are_refused_even_without_verifying(artifact, change, message):
-    _edit(artifact, change)
+    edit_manifest(artifact, change)
     with pytest.raises(ArtifactError, match=message):
         load_manifest(artifact, verify=False)
 
 
 def test_every_file_the_runtime_opens_must_be_listed(artifact):
-    _edit(artifact, lambda d: d["files"].pop("tokenizer/tokenizer.json"))
+    edit_manifest(artifact, lambda d: d["files"].pop("tokenizer/tokenizer.json"))
     with pytest.raises(ArtifactError, match="does not list with a sha256: tokenizer/tokenizer.json"):
         load_manifest(artifact)
-    _edit(artifact, lambda d: d.update(files={}))
+    edit_manifest(artifact, lambda d: d.update(files={}))
     with pytest.raises(ArtifactError, match="lists no files"):
         load_manifest(artifact)
 
@@ -86,7 +80,7 @@ def test_external_data_must_be_listed(artifact):
     manifest = load_manifest(artifact, verify=False)
     write_manifest(artifact, manifest)  # lists every file now in the folder, the external data too
     assert "denoise.onnx.data" in load_manifest(artifact).files
-    _edit(artifact, lambda d: d["files"].pop("denoise.onnx.data"))
+    edit_manifest(artifact, lambda d: d["files"].pop("denoise.onnx.data"))
     with pytest.raises(ArtifactError, match="does not list with a sha256: denoise.onnx.data"):
         load_manifest(artifact)
 

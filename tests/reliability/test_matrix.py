@@ -252,11 +252,12 @@ def test_the_matrix_covers_every_command():
     assert commands == {"info", "generate", "calibrate", "export", "build", "bundle", "check", "run"} and len(CASES) >= 40
 
 
-def test_run_writes_the_format_its_suffix_names(cli, shared, tmp_path):
+@pytest.mark.parametrize("name,magic", [("x.jpg", b"\xff\xd8\xff"), ("x.png", b"\x89PNG"), ("x.webp", b"RIFF")])
+def test_run_writes_the_format_its_suffix_names(cli, shared, tmp_path, name, magic):
     from PIL import features
 
-    formats = [("x.jpg", b"\xff\xd8\xff"), ("x.png", b"\x89PNG")] + ([("x.webp", b"RIFF")] if features.check("webp") else [])
-    for name, magic in formats:
-        result = cli("run", "--artifact", shared / "good", "--prompt", "a red circle", "--out", tmp_path / name, cwd=tmp_path)
-        assert result.exit == 0, result.stderr
-        assert (tmp_path / name).read_bytes().startswith(magic), f"{name} does not hold what its suffix names"
+    if name.endswith(".webp") and not features.check("webp"):
+        pytest.skip("this Pillow was built without WebP")
+    result = cli("run", "--artifact", shared / "good", "--prompt", "a red circle", "--out", tmp_path / name, cwd=tmp_path)
+    assert result.exit == 0, result.stderr
+    assert (tmp_path / name).read_bytes().startswith(magic), f"{name} does not hold what its suffix names"

@@ -106,7 +106,8 @@ def test_missing_references_are_errors_not_skipped_checks():
             compare_outputs(outputs, {k: v for k, v in golden.items() if k != key}, "qdq")
     # An fp32 artifact needs only the fp32 references; a quantized one both, for the step-1 gate.
     fp32_only = {k: v for k, v in golden.items() if k.startswith("fp32/")}
-    assert all(c.reference == "fp32" for c in compare_outputs({k: fp32_only[f"fp32/{k}"] for k in outputs}, fp32_only, "fp32"))
+    compared = compare_outputs({k: fp32_only[f"fp32/{k}"] for k in outputs}, fp32_only, "fp32")
+    assert sorted((c.output, c.reference) for c in compared) == sorted((k, "fp32") for k in outputs)
     with pytest.raises(ArtifactError, match="no parity thresholds for target form 'int2'"):
         compare_outputs(outputs, golden, "int2")
 
