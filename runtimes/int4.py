@@ -34,21 +34,32 @@ def _attr(node, name: str, default=None):
 
 def int4_chains(model) -> list:
     """The `Cast(to=INT8)` nodes that end a constant int4 -> int8 chain feeding a DequantizeLinear."""
+    return [cast for cast, _nodes in _chains(model)]
+
+
+def _chains(model) -> list[tuple]:
+    """`(cast, nodes)` per int4 -> int8 chain (`int4_chains`), `nodes` in graph order; the graph's
+    indexes are built once for all of them."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    found = []
+    inits = {t.name for t in graph.initializer}
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    chains, seen = [], set()
     for node in graph.node:
         if node.op_type != "DequantizeLinear":
             continue
         cast = producer.get(node.input[0])
-        if cast is not None and cast.op_type == "Cast" and _attr(cast, "to") == INT8 and cast not in found and _constant_subgraph(cast, producer, graph) is not None:
-            found.append(cast)
-    return found
+        if cast is None or cast.op_type != "Cast" or _attr(cast, "to") != INT8 or cast.output[0] in seen:
+            continue
+        nodes = _constant_subgraph(cast, producer, inits)
+        if nodes is not None:
+            seen.add(cast.output[0])
+            chains.append((cast, sorted(nodes, key=lambda n: order[id(n)])))
+    return chains
 
 
-def _constant_subgraph(end, producer, graph):
+def _constant_subgraph(end, producer, inits):
     """The nodes `end` depends on, if all of them hang from initializers and Constant nodes (else None)."""
-    inits = {t.name for t in graph.initializer}
     nodes, stack, seen = [], [end], set()
     while stack:
         node = stack.pop()
@@ -65,8 +76,7 @@ def _constant_subgraph(end, producer, graph):
             stack.append(parent)
     if not any(n.op_type in ("BitwiseAnd", "BitShift") for n in nodes):
         return None  # only w4a8s' unpacking chains, not other int8 casts
-    order = {id(n): i for i, n in enumerate(graph.node)}
-    return sorted(nodes, key=lambda n: order[id(n)])
+    return nodes
 
 
 def fold_int4_weights(model) -> int:
@@ -77,13 +87,16 @@ def fold_int4_weights(model) -> int:
     from onnx.reference import ReferenceEvaluator
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
+    chains = _chains(model)
     inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, list] = {}  # tensor -> the (node, input slot) pairs that read it
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
     opsets = list(model.opset_import)
     folded: dict[tuple, str] = {}
     dead: set[int] = set()
-    for cast in int4_chains(model):
-        nodes = _constant_subgraph(cast, producer, graph)
+    for cast, nodes in chains:
         roots = sorted({name for n in nodes for name in n.input if name in inits})
         # The unrolled steps repeat the chain of one weight (torch.onnx gives each repeat its own
         # folded constants, so compare by the nibble buffer the chain unpacks): fold it once.
@@ -96,19 +109,17 @@ def fold_int4_weights(model) -> int:
             name = f"{key[0]}.int8"
             graph.initializer.append(numpy_helper.from_array(value.astype("int8"), name))
             folded[key] = name
-        for consumer in graph.node:
-            for i, name in enumerate(consumer.input):
-                if name == cast.output[0]:
-                    consumer.input[i] = folded[key]
+        for consumer, i in readers.get(cast.output[0], []):
+            consumer.input[i] = folded[key]
         dead.update(id(n) for n in nodes)
     if dead:
         kept = [n for n in graph.node if id(n) not in dead]
         del graph.node[:]
         graph.node.extend(kept)
         used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-        unused = [t for t in graph.initializer if t.name not in used]
-        for t in unused:
-            graph.initializer.remove(t)
+        kept_inits = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept_inits)
     return len(folded)
 
 
@@ -119,13 +130,15 @@ def ort_source(path: str | Path) -> Iterator[str]:
     the block ends (a session holds its weights once created). Reading the graph's structure
     (without its external data) is what tells them apart."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
     # .ort files (ort-mobile) are ONNX Runtime's own format, built from already-folded graphs.
-    if path.suffix != ".onnx" or not int4_chains(onnx.load(str(path), load_external_data=False)):
+    model = onnx.load(str(path), load_external_data=False) if path.suffix == ".onnx" else None
+    if model is None or not int4_chains(model):
         yield str(path)
         return
-    model = onnx.load(str(path))
+    load_external_data_for_model(model, str(path.parent))  # what onnx.load does with the weights
     fold_int4_weights(model)
     with tempfile.TemporaryDirectory(prefix="qsched-int4-") as tmp:
         folded = Path(tmp) / path.name
