@@ -74,42 +74,29 @@ def write_ranges(model: Path, steps: int, guidance: float | None, out: Path) -> 
     return out
 
 
-def model_source(path: Path) -> str | bytes:
-    """What a session opens: the file, or for w4a8s the graph with its int4 weights expanded to
-    int8 layer by layer (runtimes.int4, as the runtime does; ORT's own folding peaks at ~24 GB on
-    an SD1.5-sized UNet)."""
-    import onnx
-
-    from runtimes.int4 import fold_int4_weights
-
-    model = onnx.load(str(path), load_external_data=True)
-    if not fold_int4_weights(model):
-        return str(path)
-    return model.SerializeToString()
-
-
-def open_session(path: Path, optimized: Path | None = None):
+def open_session(path: Path, optimized: Path | None = None, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with the runtime's own settings, opened as the runtime opens a
+    graph: w4a8s' int4 weights expanded to int8 layer by layer first (runtimes.int4.ort_source;
+    ORT's own folding peaks at ~24 GB on an SD1.5-sized UNet)."""
     import onnxruntime as ort
 
+    from runtimes.int4 import ort_source
     from runtimes.runners import ort_session_options
 
     options = ort_session_options()  # the settings the runtime's own sessions take
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(model_source(path), options, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    with ort_source(path) as source:  # a session holds its weights once created
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def op_profile(path: Path, feeds: dict, work: Path) -> dict[str, float]:
     """Seconds per ONNX Runtime op type in one profiled run (after a warm-up run): where the time goes,
     e.g. how much of an INT8 graph still runs float attention MatMul/Softmax."""
-    import onnxruntime as ort
-
-    from runtimes.runners import ort_session_options
-
-    options = ort_session_options()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(work / f"profile-{path.parent.name}")
-    session = ort.InferenceSession(model_source(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(path, profile_prefix=str(work / f"profile-{path.parent.name}"))
     session.run(None, feeds)
     session.run(None, feeds)
     trace = Path(session.end_profiling())
