@@ -238,26 +238,17 @@ def _build_tiny_artifacts(work: Path) -> dict[str, Path]:
 
     from qsched_export.cli import app
     from qsched_export.testing import save_tiny_sd
-    from runtimes import schemes
 
     model = save_tiny_sd(work / "pipe", scheduler_cls="EulerAncestralDiscreteScheduler")
     qsched = write_qsched(model, work / "qsched.json", schemes=("w8a8",))
     built = {}
-    detected, base = schemes.default_weight_range, schemes.SCHEMES["w8a8"]
     for label, weight_range in (("w8a8_7bit", "7bit"), ("w8a8_full", "full")):
-        # The build picks the weight range this CPU needs (runtimes.schemes.default_weight_range),
-        # and a CLI that exports by scheme name takes SCHEMES' record: force each in both places.
-        schemes.default_weight_range = lambda target, cpu=None, _r=weight_range: _r
-        schemes.SCHEMES["w8a8"] = base.with_weight_range(weight_range)
-        try:
-            out = work / label
-            result = CliRunner().invoke(app, ["build", "--target", "onnxruntime", "--bits", "8", "--model", str(model), "--coeffs", str(qsched),
-                                              "--out", str(out), "--no-check"])
-            log(f"build {label}: exit {result.exit_code}; {' '.join(result.output.split())[-300:]}")
-            if result.exit_code == 0:
-                built[label] = out
-        finally:
-            schemes.default_weight_range, schemes.SCHEMES["w8a8"] = detected, base
+        out = work / label
+        result = CliRunner().invoke(app, ["build", "--target", "onnxruntime", "--bits", "8", "--weight-range", weight_range, "--model", str(model),
+                                          "--coeffs", str(qsched), "--out", str(out), "--no-check"])
+        log(f"build {label}: exit {result.exit_code}; {' '.join(result.output.split())[-300:]}")
+        if result.exit_code == 0:
+            built[label] = out
     return built
 
 
