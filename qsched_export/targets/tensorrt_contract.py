@@ -266,15 +266,23 @@ def _weight_shape(g: _Graph, node, x_shape):
     return None
 
 
+def _is_weight_qdq(g: _Graph, node) -> bool:
+    """A Q or DQ of a constant weight: rooted at a constant, or a DequantizeLinear fed by the
+    QuantizeLinear of a float weight."""
+    if g.rooted_at_constant(node.input[0]):
+        return True
+    producer = g.producer.get(node.input[0])
+    return (node.op_type == "DequantizeLinear" and producer is not None and producer.op_type == "QuantizeLinear"
+            and g.rooted_at_constant(producer.input[0]))
+
+
 def _check_per_channel(g: _Graph, node, label: str, scale: np.ndarray, x_shape, consumers) -> list[Violation]:
     out: list[Violation] = []
 
     def bad(message: str) -> None:
         out.append(Violation(label, node.op_type, "per-channel", message))
 
-    if not g.rooted_at_constant(node.input[0]) and not (
-            node.op_type == "DequantizeLinear" and (p := g.producer.get(node.input[0])) is not None
-            and p.op_type == "QuantizeLinear" and g.rooted_at_constant(p.input[0])):
+    if not _is_weight_qdq(g, node):
         bad(f"per-channel scale on {node.input[0]}, which is not a constant weight (activations must be per-tensor)")
         return out
     axis = _attr(node, "axis")
@@ -352,11 +360,8 @@ def _check_block(g: _Graph, node, label: str, scale: np.ndarray, x_shape, qtype,
 
 def _check_placement(g: _Graph, node, label: str) -> list[Violation]:
     """An activation DequantizeLinear must lead to a quantizable input (module docstring, placement)."""
-    if g.rooted_at_constant(node.input[0]):
+    if _is_weight_qdq(g, node):
         return []
-    producer = g.producer.get(node.input[0])
-    if producer is not None and producer.op_type == "QuantizeLinear" and g.rooted_at_constant(producer.input[0]):
-        return []  # Q/DQ of a float weight
     wrong: list[str] = []
     frontier = [node.output[0]]
     while frontier:
@@ -437,8 +442,8 @@ def check_model(model, profiles: tuple[str, ...] = DEFAULT_PROFILES) -> list[Vio
         out += _check_op(node, label, chosen)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx"):
             out += _check_qdq(g, node, label, opset)
-        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx"):
-            out += _check_placement(g, node, label)
+            if node.op_type == "DequantizeLinear":
+                out += _check_placement(g, node, label)
     return out + _check_int4_consumers(g)
 
 
